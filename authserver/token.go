@@ -1,0 +1,291 @@
+package authserver
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"slices"
+	"time"
+
+	"github.com/evergrant/evergrant/oauth"
+)
+
+// accessClaims are the claims of a JWT access token (RFC 9068 §2.2).
+type accessClaims struct {
+	Issuer    string `json:"iss"`
+	Subject   string `json:"sub"`
+	Audience  string `json:"aud"`
+	Expiry    int64  `json:"exp"`
+	IssuedAt  int64  `json:"iat"`
+	NotBefore int64  `json:"nbf"`
+	ID        string `json:"jti"`
+	ClientID  string `json:"client_id"`
+	Scope     string `json:"scope,omitempty"`
+}
+
+func jsonMarshal(v any) ([]byte, error) { return json.Marshal(v) }
+
+func writeJSONCacheable(w http.ResponseWriter, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		http.Error(w, "internal error", http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Write(b)
+}
+
+// handleToken is the token endpoint (RFC 6749 §3.2).
+func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
+	if allowCORS(w, r, "POST") {
+		return
+	}
+	if r.Method != http.MethodPost {
+		methodNotAllowed(w, "POST")
+		return
+	}
+	f := s.faults.state()
+	if f.tokenDelay > 0 {
+		select {
+		case <-time.After(f.tokenDelay):
+		case <-r.Context().Done():
+			return
+		}
+	}
+	if f.tokenStatus != 0 {
+		code := oauth.ErrorServerError
+		if f.tokenStatus == http.StatusServiceUnavailable {
+			code = oauth.ErrorTemporarilyUnavailable
+		}
+		s.log.Info("token request failed by fault injection", "status", f.tokenStatus)
+		oauth.WriteError(w, &oauth.Error{Code: code, Description: "injected fault", StatusCode: f.tokenStatus})
+		return
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)
+	if err := r.ParseForm(); err != nil {
+		oauth.WriteError(w, oauth.NewError(oauth.ErrorInvalidRequest, "the request body could not be parsed as a form"))
+		return
+	}
+	for k, vs := range r.PostForm {
+		if len(vs) > 1 {
+			oauth.WriteError(w, oauth.NewError(oauth.ErrorInvalidRequest, "parameter %s is repeated", clip(k)))
+			return
+		}
+	}
+	client := s.authenticateClient(w, r)
+	if client == nil {
+		return
+	}
+	gt := r.PostForm.Get("grant_type")
+	if gt != oauth.GrantTypeAuthorizationCode && gt != oauth.GrantTypeRefreshToken {
+		oauth.WriteError(w, oauth.NewError(oauth.ErrorUnsupportedGrantType, "unsupported grant_type"))
+		return
+	}
+	if !client.AllowsGrant(gt) {
+		oauth.WriteError(w, oauth.NewError(oauth.ErrorUnauthorizedClient, "the client may not use the %s grant", gt))
+		return
+	}
+	var resp *oauth.TokenResponse
+	var e *oauth.Error
+	if gt == oauth.GrantTypeAuthorizationCode {
+		resp, e = s.exchangeCode(r.Context(), client, r)
+	} else {
+		resp, e = s.refresh(r.Context(), client, r, f)
+	}
+	if e != nil {
+		oauth.WriteError(w, e)
+		return
+	}
+	oauth.WriteJSON(w, http.StatusOK, resp)
+}
+
+var errServer = oauth.NewError(oauth.ErrorServerError, "internal error")
+
+// exchangeCode is the authorization code grant (RFC 6749 §4.1.3) with PKCE
+// verification (RFC 7636 §4.6). A code is good once; presenting it again
+// revokes the grant it created (RFC 6749 §4.1.2, RFC 9700 §4.5).
+func (s *Server) exchangeCode(ctx context.Context, client *Client, r *http.Request) (*oauth.TokenResponse, *oauth.Error) {
+	raw := r.PostForm.Get("code")
+	if raw == "" {
+		return nil, oauth.NewError(oauth.ErrorInvalidRequest, "code is required")
+	}
+	code, err := s.store.TakeCode(ctx, hashSecret(raw))
+	switch {
+	case errors.Is(err, ErrCodeUsed):
+		if err := s.store.RevokeGrant(ctx, code.GrantID); err != nil && !errors.Is(err, ErrNotFound) {
+			s.log.Error("revoke grant after code replay", "grant_id", code.GrantID, "error", err)
+		}
+		s.log.Warn("authorization code replayed; grant revoked", "client_id", clip(client.ID), "grant_id", code.GrantID)
+		return nil, oauth.NewError(oauth.ErrorInvalidGrant, "the authorization code was already used")
+	case errors.Is(err, ErrNotFound):
+		return nil, oauth.NewError(oauth.ErrorInvalidGrant, "unknown authorization code")
+	case err != nil:
+		s.log.Error("take code", "error", err)
+		return nil, errServer
+	}
+	now := s.now()
+	switch {
+	case code.ClientID != client.ID:
+		return nil, oauth.NewError(oauth.ErrorInvalidGrant, "the authorization code was issued to another client")
+	case now.After(code.ExpiresAt):
+		return nil, oauth.NewError(oauth.ErrorInvalidGrant, "the authorization code has expired")
+	case r.PostForm.Get("redirect_uri") != code.RedirectURI:
+		return nil, oauth.NewError(oauth.ErrorInvalidGrant, "redirect_uri does not match the authorization request")
+	}
+	verifier := r.PostForm.Get("code_verifier")
+	if verifier == "" {
+		return nil, oauth.NewError(oauth.ErrorInvalidRequest, "code_verifier is required (PKCE)")
+	}
+	if !validVerifier(verifier) || subtle.ConstantTimeCompare([]byte(s256(verifier)), []byte(code.CodeChallenge)) != 1 {
+		s.log.Info("token request refused", "reason", "PKCE verification failed", "client_id", clip(client.ID))
+		return nil, oauth.NewError(oauth.ErrorInvalidGrant, "PKCE verification failed")
+	}
+	if res := r.PostForm.Get("resource"); res != "" && !oauth.SameResource(res, code.Resource) {
+		return nil, oauth.NewError(oauth.ErrorInvalidTarget, "resource does not match the authorization request")
+	}
+	g, err := s.store.Grant(ctx, code.GrantID)
+	if err != nil || g.Revoked {
+		return nil, oauth.NewError(oauth.ErrorInvalidGrant, "the grant was revoked")
+	}
+	return s.issue(ctx, client, g, g.Scopes, nil, "authorization_code")
+}
+
+// refresh is the refresh token grant (RFC 6749 §6) with rotation: every use
+// returns a new refresh token and retires the old one. Presenting a retired
+// token again revokes the whole grant (RFC 9700 §4.14.2), unless it comes
+// within Config.RefreshReuseGrace of the rotation.
+func (s *Server) refresh(ctx context.Context, client *Client, r *http.Request, f faultState) (*oauth.TokenResponse, *oauth.Error) {
+	raw := r.PostForm.Get("refresh_token")
+	if raw == "" {
+		return nil, oauth.NewError(oauth.ErrorInvalidRequest, "refresh_token is required")
+	}
+	rt, err := s.store.RefreshToken(ctx, hashSecret(raw))
+	if errors.Is(err, ErrNotFound) {
+		return nil, oauth.NewError(oauth.ErrorInvalidGrant, "unknown refresh token")
+	}
+	if err != nil {
+		s.log.Error("load refresh token", "error", err)
+		return nil, errServer
+	}
+	now := s.now()
+	if rt.ClientID != client.ID {
+		s.log.Warn("refresh token presented by another client", "client_id", clip(client.ID), "grant_id", rt.GrantID)
+		return nil, oauth.NewError(oauth.ErrorInvalidGrant, "the refresh token was issued to another client")
+	}
+	g, err := s.store.Grant(ctx, rt.GrantID)
+	if err != nil || g.Revoked {
+		return nil, oauth.NewError(oauth.ErrorInvalidGrant, "the grant was revoked")
+	}
+	if now.After(rt.ExpiresAt) {
+		return nil, oauth.NewError(oauth.ErrorInvalidGrant, "the refresh token has expired")
+	}
+	if f.refuseRefresh {
+		s.log.Info("refresh refused by fault injection", "grant_id", g.ID)
+		return nil, oauth.NewError(oauth.ErrorInvalidGrant, "the refresh token was refused (injected fault)")
+	}
+	if !rt.RotatedAt.IsZero() {
+		if e := s.reused(ctx, rt, now); e != nil {
+			return nil, e
+		}
+	}
+	if res := r.PostForm.Get("resource"); res != "" && !oauth.SameResource(res, g.Resource) {
+		return nil, oauth.NewError(oauth.ErrorInvalidTarget, "the refresh token is bound to another resource")
+	}
+	scopes := g.Scopes
+	if raw := r.PostForm.Get("scope"); raw != "" {
+		scopes = oauth.ParseScope(raw)
+		for _, sc := range scopes {
+			if !slices.Contains(g.Scopes, sc) {
+				return nil, oauth.NewError(oauth.ErrorInvalidScope, "scope %q exceeds the grant", clip(sc))
+			}
+		}
+	}
+	return s.issue(ctx, client, g, scopes, rt, "refresh_token")
+}
+
+// reused decides about a refresh token that was already rotated.
+func (s *Server) reused(ctx context.Context, rt *RefreshToken, now time.Time) *oauth.Error {
+	if g := s.cfg.RefreshReuseGrace; g > 0 && now.Sub(rt.RotatedAt) <= g {
+		s.log.Info("rotated refresh token reused within the grace window", "grant_id", rt.GrantID)
+		return nil
+	}
+	if err := s.store.RevokeGrant(ctx, rt.GrantID); err != nil && !errors.Is(err, ErrNotFound) {
+		s.log.Error("revoke grant after refresh token reuse", "grant_id", rt.GrantID, "error", err)
+	}
+	s.log.Warn("rotated refresh token reused; grant revoked", "client_id", clip(rt.ClientID), "grant_id", rt.GrantID)
+	return oauth.NewError(oauth.ErrorInvalidGrant, "the refresh token was already used; the grant is revoked")
+}
+
+// issue mints an access token and, when the client may refresh, a refresh
+// token. With prev set, prev is rotated to the new refresh token atomically.
+func (s *Server) issue(ctx context.Context, client *Client, g *Grant, scopes []string, prev *RefreshToken, via string) (*oauth.TokenResponse, *oauth.Error) {
+	now := s.now()
+	ttl := s.cfg.AccessTokenTTL
+	if d := s.faults.state().accessTTL; d > 0 {
+		ttl = d
+	}
+	resp := &oauth.TokenResponse{TokenType: oauth.TokenTypeBearer, ExpiresIn: int64((ttl + time.Second - 1) / time.Second), Scope: oauth.FormatScope(scopes)}
+
+	var next *RefreshToken
+	if client.AllowsGrant(oauth.GrantTypeRefreshToken) {
+		resp.RefreshToken = randomToken(32)
+		next = &RefreshToken{
+			Hash: hashSecret(resp.RefreshToken), GrantID: g.ID, ClientID: client.ID, Scopes: g.Scopes,
+			IssuedAt: now, ExpiresAt: now.Add(s.cfg.RefreshTokenTTL),
+		}
+		var err error
+		switch {
+		case prev != nil && prev.RotatedAt.IsZero():
+			err = s.store.RotateRefreshToken(ctx, prev.Hash, now, next)
+			if errors.Is(err, ErrRefreshTokenRotated) {
+				// Lost a race with another use of the same token.
+				if prev.RotatedAt = now; s.reused(ctx, prev, now) != nil {
+					return nil, oauth.NewError(oauth.ErrorInvalidGrant, "the refresh token was already used; the grant is revoked")
+				}
+				err = s.store.SaveRefreshToken(ctx, next)
+			}
+		default: // first issuance, or a reuse inside the grace window
+			err = s.store.SaveRefreshToken(ctx, next)
+		}
+		if err != nil {
+			s.log.Error("save refresh token", "error", err)
+			return nil, errServer
+		}
+	}
+
+	jti := randomToken(16)
+	claims := accessClaims{
+		Issuer: s.cfg.Issuer, Subject: g.Subject, Audience: g.Resource, Expiry: now.Add(ttl).Unix(),
+		IssuedAt: now.Unix(), NotBefore: now.Unix(), ID: jti, ClientID: client.ID, Scope: oauth.FormatScope(scopes),
+	}
+	at, err := s.keys.sign(claims)
+	if err != nil {
+		s.log.Error("sign access token", "error", err)
+		return nil, errServer
+	}
+	rec := &AccessToken{JTI: jti, GrantID: g.ID, ClientID: client.ID, Subject: g.Subject, Resource: g.Resource,
+		Scopes: scopes, IssuedAt: now, ExpiresAt: now.Add(ttl)}
+	if err := s.store.SaveAccessToken(ctx, rec); err != nil {
+		s.log.Error("save access token", "error", err)
+		return nil, errServer
+	}
+	resp.AccessToken = at
+	g.ExpiresAt = now.Add(ttl)
+	if next != nil {
+		g.ExpiresAt = next.ExpiresAt
+	}
+	if err := s.store.SaveGrant(ctx, g); err != nil {
+		s.log.Error("save grant", "error", err)
+		return nil, errServer
+	}
+	// A revocation may have landed while we issued; do not hand out tokens
+	// of a revoked grant.
+	if cur, err := s.store.Grant(ctx, g.ID); err != nil || cur.Revoked {
+		return nil, oauth.NewError(oauth.ErrorInvalidGrant, "the grant was revoked")
+	}
+	s.log.Info("tokens issued", "grant_type", via, "client_id", clip(client.ID), "grant_id", g.ID,
+		"rotated", prev != nil && next != nil, "refresh_token", next != nil, "expires_in", resp.ExpiresIn)
+	return resp, nil
+}
