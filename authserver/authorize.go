@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
+	"errors"
 	"html/template"
 	"net/http"
 	"net/url"
@@ -64,7 +65,9 @@ func (s *Server) handleAuthorize(w http.ResponseWriter, r *http.Request) {
 	client, err := s.lookupClient(r.Context(), q.Get("client_id"))
 	if err != nil {
 		s.log.Info("authorization refused", "reason", "client", "error", err)
-		s.errorPage(w, http.StatusBadRequest, "The application that sent you here is not known to this server: "+err.Error()+".")
+		// The detail (which may describe this server's network) goes to the
+		// log only.
+		s.errorPage(w, http.StatusBadRequest, "The application that sent you here is not known to this server, or its description could not be loaded.")
 		return
 	}
 	redirectURI := q.Get("redirect_uri")
@@ -80,7 +83,7 @@ func (s *Server) handleAuthorize(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	subject, err := s.cfg.Authenticate(w, r)
-	if err == ErrResponseWritten {
+	if errors.Is(err, ErrResponseWritten) {
 		return
 	}
 	if err != nil || subject == "" {
@@ -290,7 +293,7 @@ func (s *Server) showConsent(w http.ResponseWriter, r *http.Request, req *authRe
 	s.mu.Unlock()
 
 	http.SetCookie(w, &http.Cookie{
-		Name: csrfCookieName, Value: csrf, Path: s.prefix + PathConsent, HttpOnly: true,
+		Name: csrfCookie(id), Value: csrf, Path: s.prefix + PathConsent, HttpOnly: true,
 		Secure: s.issuer.Scheme == "https", SameSite: http.SameSiteStrictMode, MaxAge: int(pendingTTL.Seconds()),
 	})
 	name := req.client.Metadata.ClientName
@@ -327,7 +330,7 @@ func (s *Server) handleConsent(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	id, csrf := r.PostForm.Get("request"), r.PostForm.Get("csrf")
-	cookie, err := r.Cookie(csrfCookieName)
+	cookie, err := r.Cookie(csrfCookie(id))
 	s.mu.Lock()
 	p, ok := s.pending[id]
 	valid := ok && err == nil && csrf != "" &&
@@ -343,7 +346,7 @@ func (s *Server) handleConsent(w http.ResponseWriter, r *http.Request) {
 		s.errorPage(w, http.StatusForbidden, "This consent form is invalid or has expired. Start the sign-in again from the application.")
 		return
 	}
-	http.SetCookie(w, &http.Cookie{Name: csrfCookieName, Path: s.prefix + PathConsent, MaxAge: -1})
+	http.SetCookie(w, &http.Cookie{Name: csrfCookie(id), Path: s.prefix + PathConsent, MaxAge: -1})
 	switch r.PostForm.Get("action") {
 	case "approve":
 		s.approve(w, r, &p.req, p.subject)
@@ -351,6 +354,15 @@ func (s *Server) handleConsent(w http.ResponseWriter, r *http.Request) {
 		s.log.Info("authorization denied by user", "client_id", clip(p.req.client.ID))
 		s.redirectError(w, r, &p.req, oauth.NewError(oauth.ErrorAccessDenied, "the user denied the request"))
 	}
+}
+
+// csrfCookie names the CSRF cookie of one consent page, so several pages
+// open in one browser do not overwrite each other's cookie.
+func csrfCookie(requestID string) string {
+	if len(requestID) > 12 {
+		requestID = requestID[:12]
+	}
+	return csrfCookieName + "_" + requestID
 }
 
 func isBase64URL(s string) bool {

@@ -157,7 +157,7 @@ func validRedirectURI(raw string) error {
 	}
 	switch scheme := strings.ToLower(u.Scheme); scheme {
 	case "https":
-		if u.Host == "" {
+		if u.Hostname() == "" {
 			return errors.New("no host")
 		}
 	case "http":

@@ -61,11 +61,14 @@ type env struct {
 // newEnv starts a server; mod may adjust the config (Issuer is set already).
 func newEnv(t *testing.T, mod func(*authserver.Config)) *env {
 	t.Helper()
-	ts := httptest.NewServer(nil)
+	// Start only once the handler is set: the issuer URL is known from the
+	// listener before the server runs, and no request races the handler.
+	ts := httptest.NewUnstartedServer(nil)
 	t.Cleanup(ts.Close)
+	issuer := "http://" + ts.Listener.Addr().String()
 	logs := &syncBuffer{}
 	cfg := authserver.Config{
-		Issuer:       ts.URL,
+		Issuer:       issuer,
 		Resources:    []string{testResource},
 		Scopes:       []string{"mcp:tools", "files.read", "files.write"},
 		AutoApprove:  true,
@@ -84,6 +87,7 @@ func newEnv(t *testing.T, mod func(*authserver.Config)) *env {
 		t.Fatalf("authserver.New: %v", err)
 	}
 	ts.Config.Handler = as
+	ts.Start()
 	hc := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	return &env{t: t, as: as, ts: ts, hc: hc, logs: logs}
 }

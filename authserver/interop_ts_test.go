@@ -87,10 +87,11 @@ func TestInteropTypeScriptSDKClientAuth(t *testing.T) {
 		resource = "https://mcp.example.test/mcp"
 		scope    = "mcp:tools"
 	)
-	srv := httptest.NewServer(nil)
+	srv := httptest.NewUnstartedServer(nil)
 	defer srv.Close()
+	issuer := "http://" + srv.Listener.Addr().String()
 	as, err := authserver.New(authserver.Config{
-		Issuer:      srv.URL,
+		Issuer:      issuer,
 		Resources:   []string{resource},
 		Scopes:      []string{scope},
 		AutoApprove: true,
@@ -99,6 +100,7 @@ func TestInteropTypeScriptSDKClientAuth(t *testing.T) {
 		t.Fatalf("authserver.New: %v", err)
 	}
 	srv.Config.Handler = as
+	srv.Start()
 
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()

@@ -226,7 +226,11 @@ func (s *Server) issue(ctx context.Context, client *Client, g *Grant, scopes []s
 	if d := s.faults.state().accessTTL; d > 0 {
 		ttl = d
 	}
-	resp := &oauth.TokenResponse{TokenType: oauth.TokenTypeBearer, ExpiresIn: int64((ttl + time.Second - 1) / time.Second), Scope: oauth.FormatScope(scopes)}
+	// Whole seconds, rounded up, so exp, expires_in and the record agree.
+	secs := int64((ttl + time.Second - 1) / time.Second)
+	ttl = time.Duration(secs) * time.Second
+	now = now.Truncate(time.Second)
+	resp := &oauth.TokenResponse{TokenType: oauth.TokenTypeBearer, ExpiresIn: secs, Scope: oauth.FormatScope(scopes)}
 
 	var next *RefreshToken
 	if client.AllowsGrant(oauth.GrantTypeRefreshToken) {
