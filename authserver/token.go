@@ -226,10 +226,16 @@ func (s *Server) issue(ctx context.Context, client *Client, g *Grant, scopes []s
 	if d := s.faults.state().accessTTL; d > 0 {
 		ttl = d
 	}
-	// Whole seconds, rounded up, so exp, expires_in and the record agree.
+	// Whole seconds, rounded up: the token lives at least expires_in from
+	// now (exp is rounded up too), so a client that computes its expiry
+	// from expires_in never holds a token that expired earlier.
 	secs := int64((ttl + time.Second - 1) / time.Second)
 	ttl = time.Duration(secs) * time.Second
-	now = now.Truncate(time.Second)
+	expUnix := now.Add(ttl).Unix()
+	if now.Add(ttl).After(time.Unix(expUnix, 0)) {
+		expUnix++
+	}
+	expiresAt := time.Unix(expUnix, 0)
 	resp := &oauth.TokenResponse{TokenType: oauth.TokenTypeBearer, ExpiresIn: secs, Scope: oauth.FormatScope(scopes)}
 
 	var next *RefreshToken
@@ -261,7 +267,7 @@ func (s *Server) issue(ctx context.Context, client *Client, g *Grant, scopes []s
 
 	jti := randomToken(16)
 	claims := accessClaims{
-		Issuer: s.cfg.Issuer, Subject: g.Subject, Audience: g.Resource, Expiry: now.Add(ttl).Unix(),
+		Issuer: s.cfg.Issuer, Subject: g.Subject, Audience: g.Resource, Expiry: expUnix,
 		IssuedAt: now.Unix(), NotBefore: now.Unix(), ID: jti, ClientID: client.ID, Scope: oauth.FormatScope(scopes),
 	}
 	at, err := s.keys.sign(claims)
@@ -270,13 +276,13 @@ func (s *Server) issue(ctx context.Context, client *Client, g *Grant, scopes []s
 		return nil, errServer
 	}
 	rec := &AccessToken{JTI: jti, GrantID: g.ID, ClientID: client.ID, Subject: g.Subject, Resource: g.Resource,
-		Scopes: scopes, IssuedAt: now, ExpiresAt: now.Add(ttl)}
+		Scopes: scopes, IssuedAt: now, ExpiresAt: expiresAt}
 	if err := s.store.SaveAccessToken(ctx, rec); err != nil {
 		s.log.Error("save access token", "error", err)
 		return nil, errServer
 	}
 	resp.AccessToken = at
-	g.ExpiresAt = now.Add(ttl)
+	g.ExpiresAt = expiresAt
 	if next != nil {
 		g.ExpiresAt = next.ExpiresAt
 	}

@@ -73,7 +73,10 @@ type ClientMetadata struct {
 	PolicyURI               string   `json:"policy_uri,omitempty"`
 	JWKSURI                 string   `json:"jwks_uri,omitempty"`
 	SoftwareID              string   `json:"software_id,omitempty"`
-	SoftwareVersion         string   `json:"software_version,omitempty"`
+	// ApplicationType is "native" or "web" (OpenID Connect Dynamic Client
+	// Registration §2, asked for by MCP SEP-837).
+	ApplicationType string `json:"application_type,omitempty"`
+	SoftwareVersion string `json:"software_version,omitempty"`
 }
 
 // IntrospectionResponse is an RFC 7662 §2.2 token introspection response.

@@ -1,0 +1,213 @@
+package client_test
+
+// Integration with mcp-go (DESIGN §3.3): its streamable HTTP client, with a
+// client.Transport through transport.WithHTTPBasicClient, against the
+// official SDK's server behind the fixture's token check. mcp-go is a test
+// (and example) dependency only (DESIGN §8).
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"testing"
+	"time"
+
+	mcpclient "github.com/mark3labs/mcp-go/client"
+	"github.com/mark3labs/mcp-go/client/transport"
+	mcpgo "github.com/mark3labs/mcp-go/mcp"
+
+	"github.com/evergrant/evergrant/authserver"
+	"github.com/evergrant/evergrant/client"
+	"github.com/evergrant/evergrant/internal/fixture"
+)
+
+// mcpgoModes are sdkModes less "stateful/latest": mcp-go v1.2.1 does not
+// interoperate there with the official SDK's server (v1.8.0), for reasons
+// that have nothing to do with authorization. The stateful server answers
+// server/discover with supportedVersions lacking 2026-07-28; mcp-go ignores
+// that list, goes on with 2026-07-28, and its next call is refused with
+// "unsupported protocol version". (mcp-go's own fallback to initialize
+// only happens when server/discover fails.)
+var mcpgoModes = []struct {
+	name      string
+	stateless bool
+	proto     string
+}{
+	{"stateless/latest", true, sdkProtoLatest},
+	{"stateful/2025-11-25", false, sdkProto251125},
+	{"stateless/2025-11-25", true, sdkProto251125},
+}
+
+// mcpgoConnect starts and initializes an mcp-go streamable HTTP client for
+// st.URL whose requests go through rt. proto "" is mcp-go's default (the
+// 2026-07-28 revision, falling back to initialize).
+func mcpgoConnect(t *testing.T, st *fixture.Stack, rt http.RoundTripper, proto string, opts ...transport.StreamableHTTPCOption) *mcpclient.Client {
+	t.Helper()
+	c, err := mcpgoStart(t, st, rt, proto, opts...)
+	if err != nil {
+		t.Fatalf("mcp-go connect: %v", err)
+	}
+	return c
+}
+
+func mcpgoStart(t *testing.T, st *fixture.Stack, rt http.RoundTripper, proto string, opts ...transport.StreamableHTTPCOption) (*mcpclient.Client, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	opts = append([]transport.StreamableHTTPCOption{
+		transport.WithHTTPBasicClient(&http.Client{Transport: rt}),
+		transport.WithHTTPLogger(slog.New(slog.DiscardHandler)),
+	}, opts...)
+	c, err := mcpclient.NewStreamableHttpClient(st.URL, opts...)
+	if err != nil {
+		return nil, err
+	}
+	t.Cleanup(func() { c.Close() })
+	// Start's context lives as long as the continuous listening does.
+	if err := c.Start(t.Context()); err != nil {
+		return nil, err
+	}
+	_, err = c.Initialize(ctx, mcpgo.InitializeRequest{Params: mcpgo.InitializeParams{
+		ProtocolVersion: proto,
+		ClientInfo:      mcpgo.Implementation{Name: "evergrant-test-mcpgo", Version: "1"},
+	}})
+	return c, err
+}
+
+// mcpgoEcho calls the echo tool and checks its answer.
+func mcpgoEcho(ctx context.Context, c *mcpclient.Client, text string) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	res, err := c.CallTool(ctx, mcpgo.CallToolRequest{Params: mcpgo.CallToolParams{Name: "echo", Arguments: map[string]any{"text": text}}})
+	if err != nil {
+		return err
+	}
+	if res.IsError || len(res.Content) != 1 {
+		return fmt.Errorf("echo %q: unexpected result %+v", text, res)
+	}
+	if tc, ok := mcpgo.AsTextContent(res.Content[0]); !ok || tc.Text != text {
+		return fmt.Errorf("echo %q: got %+v", text, res.Content[0])
+	}
+	return nil
+}
+
+// TestMCPGo_Rule1_RefreshOn401AcrossExpiry: mcp-go's CallTool keeps
+// succeeding across access-token expiry, through the 401 invalid_token
+// path (proactive refresh off).
+func TestMCPGo_Rule1_RefreshOn401AcrossExpiry(t *testing.T) {
+	t.Parallel()
+	for _, m := range mcpgoModes {
+		t.Run(m.name, func(t *testing.T) {
+			t.Parallel()
+			// 2 s, not 1 s: the authorization server truncates the issue
+			// time to the second, so a token lives between 1 and 2 s.
+			st := sdkStack(t, 2*time.Second, m.stateless, nil)
+			tr, _ := sdkTransport(client.Config{RefreshMargin: -1})
+			c := mcpgoConnect(t, st, tr, m.proto)
+			if err := mcpgoEcho(t.Context(), c, "before"); err != nil {
+				t.Fatal(err)
+			}
+			refreshes, unauthorized := st.Refreshes(), st.Unauthorized()
+			for i := range 2 {
+				waitExpiry(t, tr, st.URL)
+				if err := mcpgoEcho(t.Context(), c, fmt.Sprintf("after expiry %d", i+1)); err != nil {
+					t.Fatalf("after expiry %d: %v", i+1, err)
+				}
+			}
+			if got := st.Refreshes() - refreshes; got != 2 {
+				t.Errorf("refreshes: got %d, want 2", got)
+			}
+			if got := st.Unauthorized() - unauthorized; got != 2 {
+				t.Errorf("401s: got %d, want 2", got)
+			}
+		})
+	}
+}
+
+// TestMCPGo_Rule3_RevokedRefreshTokenSurfacesNeedsReauth: after the grant
+// is revoked, mcp-go's CallTool fails with an error in which errors.As finds
+// the *client.NeedsReauthError (mcp-go wraps with %w on the request path).
+func TestMCPGo_Rule3_RevokedRefreshTokenSurfacesNeedsReauth(t *testing.T) {
+	t.Parallel()
+	for _, m := range mcpgoModes {
+		t.Run(m.name, func(t *testing.T) {
+			t.Parallel()
+			st := sdkStack(t, 0, m.stateless, nil)
+			tr := sdkSignedIn(t, st, client.Config{})
+			c := mcpgoConnect(t, st, tr, m.proto)
+			if err := mcpgoEcho(t.Context(), c, "before"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := st.AS.RevokeGrants(t.Context(), authserver.GrantFilter{}); err != nil {
+				t.Fatal(err)
+			}
+			err := mcpgoEcho(t.Context(), c, "after revocation")
+			ne := checkNeedsReauth(t, err, client.ReasonRefreshRejected)
+			if ne.ErrorCode != "invalid_grant" {
+				t.Errorf("error code: got %q, want invalid_grant", ne.ErrorCode)
+			}
+			// Without an Authorizer the grant stays lost, and says so.
+			err = mcpgoEcho(t.Context(), c, "again")
+			checkNeedsReauth(t, err, client.ReasonNoRefreshToken)
+			if got := st.Refreshes(); got != 1 {
+				t.Errorf("refreshes: got %d, want 1", got)
+			}
+		})
+	}
+}
+
+// TestMCPGo_NoGrantSurfacesNeedsReauthFromInitialize: without a grant and
+// without an Authorizer, Initialize fails with the NeedsReauthError.
+func TestMCPGo_NoGrantSurfacesNeedsReauthFromInitialize(t *testing.T) {
+	t.Parallel()
+	for _, m := range mcpgoModes {
+		t.Run(m.name, func(t *testing.T) {
+			t.Parallel()
+			st := sdkStack(t, 0, m.stateless, nil)
+			_, err := mcpgoStart(t, st, client.NewTransport(client.Config{}), m.proto)
+			checkNeedsReauth(t, err, client.ReasonNoGrant)
+		})
+	}
+}
+
+// TestMCPGo_Rule5_ListeningStreamAfterRevocation: mcp-go's continuous
+// listening (the GET stream, re-opened every second when it fails) on a
+// stateful server: after the grant is revoked and the stream ends, the
+// Transport refreshes at most once, however often mcp-go reconnects.
+func TestMCPGo_Rule5_ListeningStreamAfterRevocation(t *testing.T) {
+	t.Parallel()
+	cutter := &streamCutter{cancels: map[*http.Request]context.CancelFunc{}}
+	st := sdkStack(t, 0, false, func(h http.Handler) http.Handler { cutter.h = h; return cutter })
+	tr := sdkSignedIn(t, st, client.Config{})
+	c := mcpgoConnect(t, st, tr, sdkProto251125, transport.WithContinuousListening())
+	if err := mcpgoEcho(t.Context(), c, "before"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the listening GET stream", func() bool { return cutter.open() == 1 })
+	if _, err := st.AS.RevokeGrants(t.Context(), authserver.GrantFilter{}); err != nil {
+		t.Fatal(err)
+	}
+	cutter.cut()
+	// mcp-go retries the GET every second: give it three tries.
+	time.Sleep(3500 * time.Millisecond)
+	if got := st.Refreshes(); got != 1 {
+		t.Errorf("refreshes: got %d, want 1", got)
+	}
+	gets := 0
+	for _, r := range st.Requests() {
+		if r.Method == http.MethodGet && r.Status == http.StatusUnauthorized {
+			gets++
+		}
+	}
+	if gets < 2 {
+		t.Errorf("GET attempts answered 401: %d, want at least 2 (mcp-go retries)", gets)
+	}
+	// The POST path still reports the lost grant.
+	err := mcpgoEcho(t.Context(), c, "after revocation")
+	var ne *client.NeedsReauthError
+	if !errors.As(err, &ne) {
+		t.Fatalf("errors.As(*client.NeedsReauthError) fails: %v", err)
+	}
+}

@@ -1,0 +1,364 @@
+package client_test
+
+// DESIGN §3.1 rule 8: a token about to expire is refreshed before it is
+// sent, so a healthy session sees no 401; expiry is absolute and survives
+// restarts.
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/evergrant/evergrant/authserver"
+	"github.com/evergrant/evergrant/client"
+	"github.com/evergrant/evergrant/internal/fixture"
+	"github.com/evergrant/evergrant/store"
+)
+
+// prClock is the real clock moved forward by an offset the test controls.
+type prClock struct{ off atomic.Int64 }
+
+func (c *prClock) Now() time.Time          { return time.Now().Add(time.Duration(c.off.Load())) }
+func (c *prClock) Advance(d time.Duration) { c.off.Add(int64(d)) }
+
+// prEvents records refresh events.
+type prEvents struct {
+	mu  sync.Mutex
+	evs []client.RefreshEvent
+}
+
+func (e *prEvents) add(ev client.RefreshEvent) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.evs = append(e.evs, ev)
+}
+
+func (e *prEvents) list() []client.RefreshEvent {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]client.RefreshEvent(nil), e.evs...)
+}
+
+// prDistinctTokens counts the distinct tokens the resource server saw.
+func prDistinctTokens(st *fixture.Stack) int {
+	seen := map[string]bool{}
+	for _, r := range st.Requests() {
+		seen[r.Token] = true
+	}
+	return len(seen)
+}
+
+// TestRule8_ProactiveRefreshSessionSeesNo401 runs a 20-request session
+// over more than three lifetimes of 1s access tokens, in real time. (It
+// relies on the server keeping a token for the whole expires_in; see
+// TestRule8_FixtureTokenLivesForExpiresIn.)
+func TestRule8_ProactiveRefreshSessionSeesNo401(t *testing.T) {
+	t.Parallel() // mostly sleeping
+	const (
+		ttl     = time.Second
+		margin  = 500 * time.Millisecond
+		n       = 20
+		spacing = 160 * time.Millisecond // 19 × 160ms > 3 × ttl
+	)
+	var evs prEvents
+	st, tr := ccAuthorize(t, fixture.Options{AccessTokenTTL: ttl}, client.Config{
+		RefreshMargin: margin,
+		OnRefresh:     evs.add,
+	})
+	hc := &http.Client{Transport: tr}
+	start := time.Now()
+	for i := range n {
+		if i > 0 {
+			time.Sleep(spacing)
+		}
+		resp, data, err := ccPost(t.Context(), hc, st.URL, i)
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		if err := ccCheckEcho(resp, data, i); err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+	}
+	if elapsed := time.Since(start); elapsed < 3*ttl {
+		t.Fatalf("test setup: the session lasted %v, less than three token lifetimes", elapsed)
+	}
+	if got := st.Unauthorized(); got != 0 {
+		t.Errorf("the resource server answered 401 %d times, want 0", got)
+	}
+	list := evs.list()
+	if len(list) < 3 {
+		t.Errorf("%d refreshes, want at least 3 over three token lifetimes", len(list))
+	}
+	for i, ev := range list {
+		if !ev.Proactive || ev.Outcome != "ok" {
+			t.Errorf("refresh %d = %+v, want a proactive refresh with outcome ok", i, ev)
+		}
+	}
+	if got := st.Refreshes(); got != len(list) {
+		t.Errorf("refresh grants at the token endpoint = %d, OnRefresh events = %d", got, len(list))
+	}
+	if got, want := prDistinctTokens(st), len(list)+1; got != want {
+		t.Errorf("the resource server saw %d distinct tokens, want %d (one per refresh plus the first)", got, want)
+	}
+	if s := tr.Stats(); s.Unauthorized != 0 || s.Retries != 0 || int(s.Refreshes) != len(list) {
+		t.Errorf("Stats = %+v, want no 401, no retry, %d refreshes", s, len(list))
+	}
+}
+
+// TestRule8_ProactiveRefreshWithDefaultMargin runs a session over four
+// lifetimes of 10-minute tokens with the default margin, on a clock the
+// Transport shares with the authorization server.
+func TestRule8_ProactiveRefreshWithDefaultMargin(t *testing.T) {
+	var clock prClock
+	var evs prEvents
+	st, tr := ccAuthorize(t, fixture.Options{
+		AccessTokenTTL: 10 * time.Minute,
+		AuthServer:     func(c *authserver.Config) { c.Now = clock.Now },
+	}, client.Config{Now: clock.Now, OnRefresh: evs.add})
+	hc := &http.Client{Transport: tr}
+	for i := range 20 {
+		if i > 0 {
+			clock.Advance(2 * time.Minute)
+		}
+		resp, data, err := ccPost(t.Context(), hc, st.URL, i)
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		if err := ccCheckEcho(resp, data, i); err != nil {
+			t.Fatalf("request %d at +%v: %v", i, time.Duration(clock.off.Load()), err)
+		}
+	}
+	if got := st.Unauthorized(); got != 0 {
+		t.Errorf("the resource server answered 401 %d times, want 0", got)
+	}
+	list := evs.list()
+	// 38 minutes over 10-minute tokens refreshed at least a minute early:
+	// a refresh every fifth request.
+	if len(list) != 3 {
+		t.Errorf("%d refreshes, want 3", len(list))
+	}
+	for i, ev := range list {
+		if !ev.Proactive || ev.Outcome != "ok" {
+			t.Errorf("refresh %d = %+v, want a proactive refresh with outcome ok", i, ev)
+		}
+	}
+	if got := st.Refreshes(); got != len(list) {
+		t.Errorf("refresh grants at the token endpoint = %d, OnRefresh events = %d", got, len(list))
+	}
+}
+
+// TestRule8_ExpirySurvivesRestart: a grant saved by one Transport is
+// refreshed before it is sent by the next one, started on a clock past its
+// expiry margin.
+func TestRule8_ExpirySurvivesRestart(t *testing.T) {
+	const ttl = time.Hour
+	dir := t.TempDir()
+	fs1, err := store.OpenFile(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := time.Now()
+	st, tr1 := ccAuthorize(t, fixture.Options{AccessTokenTTL: ttl}, client.Config{Store: fs1})
+	g1, err := tr1.Grant(t.Context(), st.URL)
+	if err != nil || g1 == nil {
+		t.Fatalf("Grant: %v %v", g1, err)
+	}
+	if g1.Expiry.Before(before.Add(ttl)) || g1.Expiry.After(time.Now().Add(ttl+time.Second)) {
+		t.Fatalf("stored expiry %v is not the absolute time the token expires (issued between %v and now, for %v)", g1.Expiry, before, ttl)
+	}
+	tr1 = nil // the process ends
+
+	// The next process starts 59m30s later.
+	later := func() time.Time { return time.Now().Add(ttl - 30*time.Second) }
+	fs2, err := store.OpenFile(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := client.ServerKey(st.URL)
+	reloaded, err := fs2.Load(t.Context(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reloaded.Expiry.Equal(g1.Expiry) {
+		t.Fatalf("expiry after reopening the store = %v, want %v", reloaded.Expiry, g1.Expiry)
+	}
+	var evs prEvents
+	tr2 := client.NewTransport(client.Config{Store: fs2, Now: later, OnRefresh: evs.add})
+	hc := &http.Client{Transport: tr2}
+	for i := range 2 {
+		resp, data, err := ccPost(t.Context(), hc, st.URL, i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := ccCheckEcho(resp, data, i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := st.Unauthorized(); got != 0 {
+		t.Errorf("401s = %d, want 0", got)
+	}
+	if list := evs.list(); len(list) != 1 || !list[0].Proactive || list[0].Outcome != "ok" {
+		t.Errorf("refresh events = %+v, want one proactive refresh", list)
+	}
+	if got := st.Refreshes(); got != 1 {
+		t.Errorf("refresh grants = %d, want 1", got)
+	}
+	reqs := st.Requests()
+	g2, err := fs2.Load(t.Context(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range reqs {
+		if r.Token == g1.AccessToken {
+			t.Errorf("request %d carried the token saved before the restart", i)
+		}
+		if r.Token != g2.AccessToken {
+			t.Errorf("request %d carried token %s, want the refreshed %s", i, fixture.TokenHash(r.Token), fixture.TokenHash(g2.AccessToken))
+		}
+	}
+	if d := g2.Expiry.Sub(later()); d < ttl-time.Minute || d > ttl+time.Minute {
+		t.Errorf("refreshed expiry is %v after the new process's clock, want about %v", d, ttl)
+	}
+}
+
+// TestRule8_NegativeMarginDisablesProactiveRefresh: with a negative margin
+// a token is sent until the server rejects it, then refreshed after the 401.
+func TestRule8_NegativeMarginDisablesProactiveRefresh(t *testing.T) {
+	var clock prClock
+	var evs prEvents
+	st, tr := ccAuthorize(t, fixture.Options{
+		AccessTokenTTL: 10 * time.Minute,
+		AuthServer:     func(c *authserver.Config) { c.Now = clock.Now },
+	}, client.Config{Now: clock.Now, RefreshMargin: -1, OnRefresh: evs.add})
+	hc := &http.Client{Transport: tr}
+	clock.Advance(10*time.Minute - 10*time.Second)
+	resp, data, err := ccPost(t.Context(), hc, st.URL, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ccCheckEcho(resp, data, 1); err != nil {
+		t.Fatal(err)
+	}
+	if got := st.Refreshes(); got != 0 {
+		t.Fatalf("refreshes 10s before expiry with proactive refresh disabled = %d, want 0", got)
+	}
+	clock.Advance(20 * time.Second)
+	resp, data, err = ccPost(t.Context(), hc, st.URL, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ccCheckEcho(resp, data, 2); err != nil {
+		t.Fatal(err)
+	}
+	if st.Refreshes() != 1 || st.Unauthorized() != 1 {
+		t.Errorf("after expiry: %d refreshes, %d 401s; want 1 and 1", st.Refreshes(), st.Unauthorized())
+	}
+	if list := evs.list(); len(list) != 1 || list[0].Proactive {
+		t.Errorf("refresh events = %+v, want one refresh after a 401", list)
+	}
+}
+
+// prCloseBody records whether it was closed.
+type prCloseBody struct {
+	io.Reader
+	closed atomic.Bool
+}
+
+func (b *prCloseBody) Close() error { b.closed.Store(true); return nil }
+
+// TestRule8_CallerCancelDuringProactiveRefreshClosesBody: when the caller
+// gives up while a proactive refresh is in flight, RoundTrip returns the
+// context's error and, as http.RoundTripper requires, closes the request
+// body; the refresh itself completes.
+func TestRule8_CallerCancelDuringProactiveRefreshClosesBody(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	var clock prClock
+	var armed atomic.Bool
+	base := ccRoundTripFunc(func(r *http.Request) (*http.Response, error) {
+		if armed.Load() && strings.HasSuffix(r.URL.Path, "/token") {
+			time.AfterFunc(100*time.Millisecond, cancel)
+		}
+		return http.DefaultTransport.RoundTrip(r)
+	})
+	refreshed := make(chan client.RefreshEvent, 2)
+	st, tr := ccAuthorize(t, fixture.Options{AccessTokenTTL: 10 * time.Minute}, client.Config{
+		Base: base, Now: clock.Now, OnRefresh: func(ev client.RefreshEvent) { refreshed <- ev },
+	})
+	clock.Advance(10 * time.Minute)
+	st.Faults().DelayToken(500 * time.Millisecond)
+	armed.Store(true)
+
+	payload := []byte(ccBody(1))
+	body := &prCloseBody{Reader: bytes.NewReader(payload)}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, st.URL, body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(payload)), nil }
+	req.ContentLength = int64(len(payload))
+	resp, err := tr.RoundTrip(req)
+	if resp != nil {
+		resp.Body.Close()
+	}
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("RoundTrip = %v, want context.Canceled", err)
+	}
+	select {
+	case ev := <-refreshed:
+		if !ev.Proactive || ev.Outcome != "ok" {
+			t.Errorf("refresh event = %+v, want a proactive refresh with outcome ok", ev)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the proactive refresh did not complete after the caller cancelled")
+	}
+	if len(st.Requests()) != 0 {
+		t.Errorf("the cancelled request reached the server")
+	}
+	if !body.closed.Load() {
+		t.Errorf("RoundTrip returned an error without closing the request body (http.RoundTripper: \"RoundTrip must always close the body, including on errors\")")
+	}
+}
+
+// TestRule8_FixtureTokenLivesForExpiresIn checks the fixture's
+// authorization server against the assumption rule 8 rests on: an access
+// token answered with expires_in=N is good for N seconds from the answer
+// (RFC 6749 §5.1). The server and the Transport share a clock that stands
+// 900ms into a second when the token is issued; proactive refresh is off,
+// so a 401 means the server dropped the token early.
+func TestRule8_FixtureTokenLivesForExpiresIn(t *testing.T) {
+	base := time.Unix(2_000_000_000, 900_000_000)
+	var off atomic.Int64
+	now := func() time.Time { return base.Add(time.Duration(off.Load())) }
+	st, tr := ccAuthorize(t, fixture.Options{
+		AccessTokenTTL: 10 * time.Second,
+		AuthServer:     func(c *authserver.Config) { c.Now = now },
+	}, client.Config{Now: now, RefreshMargin: -1})
+	g, err := tr.Grant(t.Context(), st.URL)
+	if err != nil || g == nil {
+		t.Fatalf("Grant: %v %v", g, err)
+	}
+	if want := base.Add(10 * time.Second); !g.Expiry.Equal(want) {
+		t.Fatalf("client-side expiry %v, want %v (expires_in 10)", g.Expiry, want)
+	}
+	// 9.5s later: half a second left by expires_in.
+	off.Store(int64(9500 * time.Millisecond))
+	resp, data, err := ccPost(t.Context(), &http.Client{Transport: tr}, st.URL, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ccCheckEcho(resp, data, 1); err != nil {
+		t.Fatal(err)
+	}
+	if got := st.Unauthorized(); got != 0 {
+		t.Errorf("a token issued with expires_in=10 was refused 9.5s later (%d 401s): "+
+			"the authorization server ends tokens before expires_in says (it once truncated the issue time to the second)", got)
+	}
+}

@@ -1,0 +1,675 @@
+package client_test
+
+// Integration with the official Go SDK (DESIGN §3.3): its streamable HTTP
+// client, with a client.Transport as the http.Client's Transport, against
+// its streamable HTTP server behind the fixture's token check.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/evergrant/evergrant/authserver"
+	"github.com/evergrant/evergrant/client"
+	"github.com/evergrant/evergrant/internal/fixture"
+	"github.com/evergrant/evergrant/store"
+)
+
+// Protocol versions the SDK client can be asked for: its default (the
+// 2026-07-28 revision: server/discover, no standalone GET stream) and the
+// 2025-11-25 revision (initialize, a standalone GET event stream when the
+// server is stateful).
+const (
+	sdkProtoLatest = ""
+	sdkProto251125 = "2025-11-25"
+)
+
+type sdkEchoIn struct {
+	Text string `json:"text"`
+}
+
+type sdkEchoOut struct {
+	Text string `json:"text"`
+}
+
+// sdkServer is the official SDK's streamable HTTP handler serving one tool,
+// "echo", that returns its input.
+func sdkServer(stateless bool) http.Handler {
+	s := mcp.NewServer(&mcp.Implementation{Name: "evergrant-test", Version: "1"}, nil)
+	mcp.AddTool(s, &mcp.Tool{Name: "echo", Description: "returns its input"},
+		func(_ context.Context, _ *mcp.CallToolRequest, in sdkEchoIn) (*mcp.CallToolResult, sdkEchoOut, error) {
+			return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: in.Text}}}, sdkEchoOut(in), nil
+		})
+	return mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return s }, &mcp.StreamableHTTPOptions{Stateless: stateless})
+}
+
+// sdkStack starts the fixture with the SDK server; handler, when not nil,
+// wraps the SDK handler.
+func sdkStack(t *testing.T, ttl time.Duration, stateless bool, wrap func(http.Handler) http.Handler) *fixture.Stack {
+	t.Helper()
+	h := sdkServer(stateless)
+	if wrap != nil {
+		h = wrap(h)
+	}
+	return fixture.New(t, fixture.Options{Handler: h, AccessTokenTTL: ttl})
+}
+
+// sdkTransport returns a Transport that signs in headlessly, and the store
+// it keeps its grant in.
+func sdkTransport(cfg client.Config) (*client.Transport, store.Store) {
+	if cfg.Store == nil {
+		cfg.Store = store.NewMemory()
+	}
+	if cfg.Authorizer == nil {
+		cfg.Authorizer = &client.HeadlessAuthorizer{}
+	}
+	return client.NewTransport(cfg), cfg.Store
+}
+
+// sdkSignedIn returns a Transport without an Authorizer holding a grant for
+// st.URL (signed in by another Transport sharing its store): a host that
+// cannot show a sign-in right now, so a lost grant stays lost.
+func sdkSignedIn(t *testing.T, st *fixture.Stack, cfg client.Config) *client.Transport {
+	t.Helper()
+	signer, s := sdkTransport(client.Config{})
+	if err := signer.Authorize(t.Context(), st.URL); err != nil {
+		t.Fatalf("sign in: %v", err)
+	}
+	cfg.Store, cfg.Authorizer = s, nil
+	return client.NewTransport(cfg)
+}
+
+// sdkConnect connects the official SDK client to st.URL through rt.
+func sdkConnect(t *testing.T, st *fixture.Stack, rt http.RoundTripper, proto string, maxRetries int) *mcp.ClientSession {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	c := mcp.NewClient(&mcp.Implementation{Name: "evergrant-test-client", Version: "1"}, nil)
+	tr := &mcp.StreamableClientTransport{Endpoint: st.URL, HTTPClient: &http.Client{Transport: rt}, MaxRetries: maxRetries}
+	cs, err := c.Connect(ctx, tr, &mcp.ClientSessionOptions{ProtocolVersion: proto})
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	t.Cleanup(func() { cs.Close() })
+	return cs
+}
+
+// sdkEcho calls the echo tool and checks its answer.
+func sdkEcho(ctx context.Context, cs *mcp.ClientSession, text string) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	res, err := cs.CallTool(ctx, &mcp.CallToolParams{Name: "echo", Arguments: map[string]any{"text": text}})
+	if err != nil {
+		return err
+	}
+	if res.IsError || len(res.Content) != 1 {
+		return fmt.Errorf("echo %q: unexpected result %+v", text, res)
+	}
+	if tc, ok := res.Content[0].(*mcp.TextContent); !ok || tc.Text != text {
+		return fmt.Errorf("echo %q: got %+v", text, res.Content[0])
+	}
+	return nil
+}
+
+// sdkModes are the server modes and protocol versions the tests run in.
+var sdkModes = []struct {
+	name      string
+	stateless bool
+	proto     string
+}{
+	{"stateful/latest", false, sdkProtoLatest},
+	{"stateless/latest", true, sdkProtoLatest},
+	{"stateful/2025-11-25", false, sdkProto251125},
+	{"stateless/2025-11-25", true, sdkProto251125},
+}
+
+// waitExpiry sleeps until the access token of the stored grant has expired
+// at the server too: the server rounds exp up to a whole second, so the
+// token may live up to a second past the client's expires_in-based Expiry.
+func waitExpiry(t *testing.T, tr *client.Transport, serverURL string) {
+	t.Helper()
+	g, err := tr.Grant(t.Context(), serverURL)
+	if err != nil || g == nil || g.Expiry.IsZero() {
+		t.Fatalf("grant: %v, %+v", err, g != nil)
+	}
+	time.Sleep(time.Until(g.Expiry) + 1250*time.Millisecond)
+}
+
+// waitUntilBeforeExpiry sleeps until d before the stored access token expires.
+func waitUntilBeforeExpiry(t *testing.T, tr *client.Transport, serverURL string, d time.Duration) {
+	t.Helper()
+	g, err := tr.Grant(t.Context(), serverURL)
+	if err != nil || g == nil || g.Expiry.IsZero() {
+		t.Fatalf("grant: %v, %+v", err, g != nil)
+	}
+	time.Sleep(time.Until(g.Expiry.Add(-d)))
+}
+
+// TestSDK_Rule1_RefreshOn401AcrossExpiry: with proactive refresh off, each
+// expired access token is answered 401 invalid_token; the Transport
+// refreshes and retries, and session.CallTool never sees it.
+func TestSDK_Rule1_RefreshOn401AcrossExpiry(t *testing.T) {
+	t.Parallel()
+	for _, m := range sdkModes {
+		t.Run(m.name, func(t *testing.T) {
+			t.Parallel()
+			// 2 s, not 1 s: the authorization server truncates the issue
+			// time to the second, so a token lives between 1 and 2 s.
+			st := sdkStack(t, 2*time.Second, m.stateless, nil)
+			tr, _ := sdkTransport(client.Config{RefreshMargin: -1})
+			cs := sdkConnect(t, st, tr, m.proto, 0)
+			if err := sdkEcho(t.Context(), cs, "before"); err != nil {
+				t.Fatal(err)
+			}
+			refreshes, unauthorized := st.Refreshes(), st.Unauthorized()
+			for i := range 2 {
+				waitExpiry(t, tr, st.URL)
+				if err := sdkEcho(t.Context(), cs, fmt.Sprintf("after expiry %d", i+1)); err != nil {
+					t.Fatalf("after expiry %d: %v", i+1, err)
+				}
+			}
+			if got := st.Refreshes() - refreshes; got != 2 {
+				t.Errorf("refreshes: got %d, want 2", got)
+			}
+			if got := st.Unauthorized() - unauthorized; got != 2 {
+				t.Errorf("401s: got %d, want 2 (one per expiry)", got)
+			}
+			if s := tr.Stats(); s.NeedsReauth != 0 || s.RefreshFailure != 0 {
+				t.Errorf("stats: %+v", s)
+			}
+		})
+	}
+}
+
+// TestSDK_Rule8_ProactiveRefreshAcrossExpiry: with a refresh margin, the
+// Transport refreshes before the token expires and the server never answers
+// 401.
+func TestSDK_Rule8_ProactiveRefreshAcrossExpiry(t *testing.T) {
+	t.Parallel()
+	for _, m := range sdkModes {
+		t.Run(m.name, func(t *testing.T) {
+			t.Parallel()
+			// Margin 800 ms (jittered up to 960 ms), lifetime 2 s: a fresh
+			// token is sent as is; one within 400 ms of expiry is
+			// refreshed before it is sent.
+			st := sdkStack(t, 2*time.Second, m.stateless, nil)
+			tr, _ := sdkTransport(client.Config{RefreshMargin: 800 * time.Millisecond})
+			cs := sdkConnect(t, st, tr, m.proto, 0)
+			if err := sdkEcho(t.Context(), cs, "before"); err != nil {
+				t.Fatal(err)
+			}
+			refreshes, unauthorized := st.Refreshes(), st.Unauthorized()
+			for i := range 2 {
+				waitUntilBeforeExpiry(t, tr, st.URL, 400*time.Millisecond)
+				if err := sdkEcho(t.Context(), cs, fmt.Sprintf("near expiry %d", i+1)); err != nil {
+					t.Fatalf("near expiry %d: %v", i+1, err)
+				}
+			}
+			if got := st.Refreshes() - refreshes; got != 2 {
+				t.Errorf("refreshes: got %d, want 2", got)
+			}
+			if got := st.Unauthorized() - unauthorized; got != 0 {
+				t.Errorf("401s: got %d, want none", got)
+			}
+		})
+	}
+}
+
+// revokeAccessToken revokes only the stored access token at the
+// authorization server (RFC 7009), as the grant's client; the refresh token
+// stays good.
+func revokeAccessToken(t *testing.T, tr *client.Transport, serverURL string) {
+	t.Helper()
+	g, err := tr.Grant(t.Context(), serverURL)
+	if err != nil || g == nil || g.RevocationEndpoint == "" {
+		t.Fatalf("grant: %v (have grant: %v)", err, g != nil)
+	}
+	form := url.Values{"token": {g.AccessToken}, "token_type_hint": {"access_token"}}
+	if g.ClientSecret == "" || g.AuthMethod == "client_secret_post" {
+		form.Set("client_id", g.ClientID)
+		if g.ClientSecret != "" {
+			form.Set("client_secret", g.ClientSecret)
+		}
+	}
+	req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, g.RevocationEndpoint, strings.NewReader(form.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	if g.ClientSecret != "" && g.AuthMethod != "client_secret_post" {
+		req.SetBasicAuth(url.QueryEscape(g.ClientID), url.QueryEscape(g.ClientSecret))
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("revoke: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("revoke: HTTP %d", resp.StatusCode)
+	}
+}
+
+// TestSDK_Rule1_RefreshAfterAccessTokenRevoked: the server revokes the
+// access token (not the grant); the next call gets 401 invalid_token, the
+// Transport refreshes once and the call succeeds.
+func TestSDK_Rule1_RefreshAfterAccessTokenRevoked(t *testing.T) {
+	t.Parallel()
+	for _, m := range sdkModes {
+		t.Run(m.name, func(t *testing.T) {
+			t.Parallel()
+			st := sdkStack(t, 0, m.stateless, nil)
+			tr, _ := sdkTransport(client.Config{})
+			cs := sdkConnect(t, st, tr, m.proto, 0)
+			if err := sdkEcho(t.Context(), cs, "before"); err != nil {
+				t.Fatal(err)
+			}
+			refreshes, unauthorized := st.Refreshes(), st.Unauthorized()
+			for i := range 2 {
+				revokeAccessToken(t, tr, st.URL)
+				if err := sdkEcho(t.Context(), cs, fmt.Sprintf("after revocation %d", i+1)); err != nil {
+					t.Fatalf("after revocation %d: %v", i+1, err)
+				}
+			}
+			if got := st.Refreshes() - refreshes; got != 2 {
+				t.Errorf("refreshes: got %d, want 2", got)
+			}
+			if got := st.Unauthorized() - unauthorized; got != 2 {
+				t.Errorf("401s: got %d, want 2", got)
+			}
+		})
+	}
+}
+
+// checkNeedsReauth checks that err carries a *client.NeedsReauthError for
+// a refused refresh, through errors.As and errors.Is.
+func checkNeedsReauth(t *testing.T, err error, reason string) *client.NeedsReauthError {
+	t.Helper()
+	if err == nil {
+		t.Fatal("no error")
+	}
+	var ne *client.NeedsReauthError
+	if !errors.As(err, &ne) {
+		t.Fatalf("errors.As(*client.NeedsReauthError) fails on %T: %v", err, err)
+	}
+	if !errors.Is(err, client.ErrNeedsReauth) {
+		t.Errorf("errors.Is(err, client.ErrNeedsReauth) = false: %v", err)
+	}
+	if reason != "" && ne.Reason != reason {
+		t.Errorf("reason: got %q, want %q (%v)", ne.Reason, reason, ne)
+	}
+	return ne
+}
+
+// TestSDK_Rule3_RevokedRefreshTokenSurfacesNeedsReauth: the grant is
+// revoked at the authorization server; the next CallTool fails with an
+// error in which errors.As finds the *client.NeedsReauthError (the SDK
+// wraps the RoundTripper's error with %w on the request path). The session
+// is not broken by it: after a new sign-in the same session works.
+func TestSDK_Rule3_RevokedRefreshTokenSurfacesNeedsReauth(t *testing.T) {
+	t.Parallel()
+	for _, m := range sdkModes {
+		t.Run(m.name, func(t *testing.T) {
+			t.Parallel()
+			st := sdkStack(t, 0, m.stateless, nil)
+			var hooked atomic.Int32
+			tr, _ := sdkTransport(client.Config{OnNeedsReauth: func(*client.NeedsReauthError) { hooked.Add(1) }})
+			cs := sdkConnect(t, st, tr, m.proto, 0)
+			if err := sdkEcho(t.Context(), cs, "before"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := st.AS.RevokeGrants(t.Context(), authserver.GrantFilter{}); err != nil {
+				t.Fatal(err)
+			}
+			refreshes := st.Refreshes()
+			err := sdkEcho(t.Context(), cs, "after revocation")
+			ne := checkNeedsReauth(t, err, client.ReasonRefreshRejected)
+			if ne.ErrorCode != "invalid_grant" {
+				t.Errorf("error code: got %q, want invalid_grant", ne.ErrorCode)
+			}
+			if errors.Is(err, mcp.ErrConnectionClosed) {
+				t.Errorf("the SDK closed the connection: %v", err)
+			}
+			if got := st.Refreshes() - refreshes; got != 1 {
+				t.Errorf("refreshes: got %d, want 1", got)
+			}
+			if hooked.Load() != 1 {
+				t.Errorf("OnNeedsReauth fired %d times, want 1", hooked.Load())
+			}
+			// The error was a rejected request, not a broken connection:
+			// with an Authorizer, the next call signs in again and the
+			// session goes on.
+			if err := sdkEcho(t.Context(), cs, "after sign-in"); err != nil {
+				t.Fatalf("after sign-in: %v", err)
+			}
+			if s := tr.Stats(); s.Authorizations != 2 {
+				t.Errorf("authorizations: got %d, want 2", s.Authorizations)
+			}
+		})
+	}
+}
+
+// TestSDK_NoGrantSurfacesNeedsReauthFromConnect: without a grant and
+// without an Authorizer, client.Connect fails with the NeedsReauthError.
+func TestSDK_NoGrantSurfacesNeedsReauthFromConnect(t *testing.T) {
+	t.Parallel()
+	for _, m := range sdkModes {
+		t.Run(m.name, func(t *testing.T) {
+			t.Parallel()
+			st := sdkStack(t, 0, m.stateless, nil)
+			tr := client.NewTransport(client.Config{})
+			c := mcp.NewClient(&mcp.Implementation{Name: "evergrant-test-client", Version: "1"}, nil)
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			defer cancel()
+			cs, err := c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: st.URL, HTTPClient: &http.Client{Transport: tr}},
+				&mcp.ClientSessionOptions{ProtocolVersion: m.proto})
+			if err == nil {
+				cs.Close()
+				t.Fatal("connected without a grant")
+			}
+			checkNeedsReauth(t, err, client.ReasonNoGrant)
+		})
+	}
+}
+
+// streamCutter ends the server's open GET event streams on demand, as a
+// server restart or a proxy timeout would, so the SDK client reconnects.
+type streamCutter struct {
+	h       http.Handler
+	mu      sync.Mutex
+	cancels map[*http.Request]context.CancelFunc
+	gets    atomic.Int32
+}
+
+func (c *streamCutter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		c.h.ServeHTTP(w, r)
+		return
+	}
+	c.gets.Add(1)
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	c.mu.Lock()
+	c.cancels[r] = cancel
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		delete(c.cancels, r)
+		c.mu.Unlock()
+	}()
+	c.h.ServeHTTP(w, r.WithContext(ctx))
+}
+
+func (c *streamCutter) open() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.cancels)
+}
+
+func (c *streamCutter) cut() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, cancel := range c.cancels {
+		cancel()
+	}
+}
+
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestSDK_Rule5_StandaloneStreamAfterRevocation: a stateful server and the
+// 2025-11-25 protocol, so the SDK holds a standalone GET event stream. The
+// grant is revoked: the open stream is left alone (no refresh), and when
+// the server ends it, the SDK's reconnections cost one refused refresh and
+// no more: the Transport does not loop. The SDK then breaks the session
+// with an error that has lost the NeedsReauthError (streamable.go, handleSSE
+// "failed to reconnect … %v"); ReauthRecorder.Err gives it back.
+func TestSDK_Rule5_StandaloneStreamAfterRevocation(t *testing.T) {
+	t.Parallel()
+	cutter := &streamCutter{cancels: map[*http.Request]context.CancelFunc{}}
+	st := sdkStack(t, 0, false, func(h http.Handler) http.Handler { cutter.h = h; return cutter })
+	tr := sdkSignedIn(t, st, client.Config{})
+	rec := client.NewReauthRecorder(tr)
+	// MaxRetries 2 bounds the SDK's reconnection backoff (1 s, then 1.5 s,
+	// each with up to as much jitter) to a few seconds.
+	cs := sdkConnect(t, st, rec, sdkProto251125, 2)
+	if err := sdkEcho(t.Context(), cs, "before"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the standalone GET stream", func() bool { return cutter.open() == 1 })
+
+	if _, err := st.AS.RevokeGrants(t.Context(), authserver.GrantFilter{}); err != nil {
+		t.Fatal(err)
+	}
+	refreshes := st.Refreshes()
+	time.Sleep(1500 * time.Millisecond)
+	if got := st.Refreshes() - refreshes; got != 0 {
+		t.Errorf("refreshes while the stream stays open: got %d, want 0", got)
+	}
+
+	cutter.cut()
+	// The SDK reconnects (after 1–2 s), the Transport refreshes once and is
+	// refused; the next attempt (after 1.5–3 s more) has no token to send
+	// and fails without a refresh; then the SDK gives up and breaks the
+	// session. No call is made meanwhile, so only the GET path runs.
+	waited := make(chan error, 1)
+	go func() { waited <- cs.Wait() }()
+	select {
+	case <-waited:
+	case <-time.After(15 * time.Second):
+		t.Fatal("the session did not end after its stream failed")
+	}
+	if got := st.Refreshes() - refreshes; got != 1 {
+		t.Errorf("refreshes after the stream was cut: got %d, want 1", got)
+	}
+	if gets := cutter.gets.Load(); gets > 1 {
+		t.Errorf("GETs reached the SDK server after revocation: %d", gets-1)
+	}
+	err := sdkEcho(t.Context(), cs, "after revocation")
+	if err == nil {
+		t.Fatal("the call succeeded on a failed session")
+	}
+	var ne *client.NeedsReauthError
+	if errors.As(err, &ne) {
+		t.Logf("the SDK kept the NeedsReauthError (it did not in v1.8.0): %v", err)
+	} else {
+		t.Logf("as documented, the SDK lost the NeedsReauthError: %v", err)
+	}
+	ne = checkNeedsReauth(t, rec.Err(err), client.ReasonRefreshRejected)
+	if ne.ErrorCode != "invalid_grant" {
+		t.Errorf("recorded error code: got %q, want invalid_grant", ne.ErrorCode)
+	}
+	if !errors.Is(rec.Err(err), mcp.ErrConnectionClosed) && errors.Is(err, mcp.ErrConnectionClosed) {
+		t.Error("ReauthRecorder.Err hides what the SDK's error wrapped")
+	}
+	if rec.Err(err).Error() != err.Error() {
+		t.Errorf("ReauthRecorder.Err changed the text: %q", rec.Err(err))
+	}
+	time.Sleep(time.Second)
+	if got := st.Refreshes() - refreshes; got > 1 {
+		t.Errorf("refreshes a second after the session failed: got %d, want at most 1", got)
+	}
+}
+
+// TestSDK_Rule5_StandaloneStreamRejectedAfterRefresh: the server rejects
+// the standalone GET stream's token even after a refresh (here: forced),
+// the SDK's first-connection path. One refresh, then NeedsReauth
+// (rejected_after_refresh) on every attempt without another refresh; the
+// SDK fails Connect with an error that lost it
+// (connectStandaloneSSE "standalone SSE request failed … %v"), and
+// ReauthRecorder.Err gives it back.
+func TestSDK_Rule5_StandaloneStreamRejectedAfterRefresh(t *testing.T) {
+	t.Parallel()
+	st := sdkStack(t, 0, false, nil)
+	tr := sdkSignedIn(t, st, client.Config{})
+	st.ForceFunc(func(r *http.Request, _ string) *fixture.Forced {
+		if r.Method == http.MethodGet {
+			return &fixture.Forced{Status: http.StatusUnauthorized, Challenge: `Bearer error="invalid_token"`}
+		}
+		return nil
+	})
+	rec := client.NewReauthRecorder(tr)
+	c := mcp.NewClient(&mcp.Implementation{Name: "evergrant-test-client", Version: "1"}, nil)
+	ctx, cancel := context.WithTimeout(t.Context(), 15*time.Second)
+	defer cancel()
+	cs, err := c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: st.URL, HTTPClient: &http.Client{Transport: rec}, MaxRetries: 1},
+		&mcp.ClientSessionOptions{ProtocolVersion: sdkProto251125})
+	if err == nil {
+		// A later SDK may connect and fail the session instead.
+		defer cs.Close()
+		err = sdkEcho(ctx, cs, "x")
+		if err == nil {
+			t.Fatal("no error although the GET stream is refused")
+		}
+	}
+	var ne *client.NeedsReauthError
+	if errors.As(err, &ne) {
+		t.Logf("the SDK kept the NeedsReauthError (it did not in v1.8.0): %v", err)
+	} else {
+		t.Logf("as documented, the SDK lost the NeedsReauthError: %v", err)
+	}
+	checkNeedsReauth(t, rec.Err(err), client.ReasonRejectedAfterRefresh)
+	if got := st.Refreshes(); got != 1 {
+		t.Errorf("refreshes: got %d, want 1", got)
+	}
+}
+
+// TestSDK_Rule3_ConnectAfterRevocation: a new session on a revoked grant
+// (no Authorizer). Connect fails with a NeedsReauthError. With the default
+// protocol the SDK's server/discover fails with refresh_rejected and the
+// SDK falls back to initialize, which fails with no_refresh_token and is
+// the error returned; ReauthRecorder.Err gives back the cause.
+func TestSDK_Rule3_ConnectAfterRevocation(t *testing.T) {
+	t.Parallel()
+	for _, m := range sdkModes {
+		t.Run(m.name, func(t *testing.T) {
+			t.Parallel()
+			st := sdkStack(t, 0, m.stateless, nil)
+			tr := sdkSignedIn(t, st, client.Config{})
+			if _, err := st.AS.RevokeGrants(t.Context(), authserver.GrantFilter{}); err != nil {
+				t.Fatal(err)
+			}
+			rec := client.NewReauthRecorder(tr)
+			c := mcp.NewClient(&mcp.Implementation{Name: "evergrant-test-client", Version: "1"}, nil)
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			defer cancel()
+			cs, err := c.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: st.URL, HTTPClient: &http.Client{Transport: rec}},
+				&mcp.ClientSessionOptions{ProtocolVersion: m.proto})
+			if err == nil {
+				cs.Close()
+				t.Fatal("connected on a revoked grant")
+			}
+			want := client.ReasonRefreshRejected
+			if m.proto == sdkProtoLatest {
+				want = client.ReasonNoRefreshToken // the fallback's error
+			}
+			checkNeedsReauth(t, err, want)
+			ne := checkNeedsReauth(t, rec.Err(err), client.ReasonRefreshRejected)
+			if ne.ErrorCode != "invalid_grant" {
+				t.Errorf("error code: got %q, want invalid_grant", ne.ErrorCode)
+			}
+			if st.Refreshes() != 1 {
+				t.Errorf("refreshes: got %d, want 1", st.Refreshes())
+			}
+		})
+	}
+}
+
+// rtFunc is an http.RoundTripper made of a function.
+type rtFunc func(*http.Request) (*http.Response, error)
+
+func (f rtFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// TestReauthRecorder: what it records, what clears it, and what Err
+// returns.
+func TestReauthRecorder(t *testing.T) {
+	t.Parallel()
+	const server = "https://mcp.example.test/mcp"
+	first := &client.NeedsReauthError{Server: server, Reason: client.ReasonRefreshRejected, ErrorCode: "invalid_grant"}
+	later := &client.NeedsReauthError{Server: server, Reason: client.ReasonNoRefreshToken}
+	var next error
+	status := http.StatusOK
+	rec := client.NewReauthRecorder(rtFunc(func(*http.Request) (*http.Response, error) {
+		if next != nil {
+			return nil, next
+		}
+		return &http.Response{StatusCode: status, Body: http.NoBody}, nil
+	}))
+	send := func(method string) {
+		t.Helper()
+		req, _ := http.NewRequest(method, server, nil)
+		resp, err := rec.RoundTrip(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+	}
+	lost := errors.New("standalone SSE request failed: needs_reauth: …") // an SDK error formatted with %v
+
+	if got := rec.Err(lost); got != lost {
+		t.Errorf("nothing recorded: Err changed the error: %v", got)
+	}
+	if rec.Err(nil) != nil {
+		t.Error("Err(nil) != nil")
+	}
+	next = first
+	send(http.MethodGet)
+	next = later
+	send(http.MethodPost)
+	if got := rec.NeedsReauth(server); got != first {
+		t.Errorf("NeedsReauth: got %v, want the first one", got)
+	}
+	if got := rec.NeedsReauth(""); got != first {
+		t.Errorf("NeedsReauth(\"\"): got %v, want the first one", got)
+	}
+	if got := rec.NeedsReauth("https://other.example.test/mcp"); got != nil {
+		t.Errorf("another server: %v", got)
+	}
+	err := rec.Err(lost)
+	var ne *client.NeedsReauthError
+	if !errors.As(err, &ne) || ne != first || !errors.Is(err, client.ErrNeedsReauth) || !errors.Is(err, lost) || err.Error() != lost.Error() {
+		t.Errorf("Err(lost) = %v (found %v)", err, ne)
+	}
+	// An error that carries a later NeedsReauthError gets the first one in
+	// front; one that carries the first is returned as is.
+	wrapped := fmt.Errorf("calling: %w", later)
+	if err := rec.Err(wrapped); !errors.As(err, &ne) || ne != first || !errors.Is(err, wrapped) {
+		t.Errorf("Err(later) = %v (found %v)", err, ne)
+	}
+	same := fmt.Errorf("calling: %w", first)
+	if err := rec.Err(same); err != same {
+		t.Errorf("Err(first) = %v, want it unchanged", err)
+	}
+
+	// A DELETE answered 200 (the SDK ends the session) and 401/403 answers
+	// keep the record; any other answer clears it.
+	next = nil
+	send(http.MethodDelete)
+	status = http.StatusUnauthorized
+	send(http.MethodPost)
+	status = http.StatusForbidden
+	send(http.MethodGet)
+	if rec.NeedsReauth(server) != first {
+		t.Fatal("the record was cleared by a DELETE, a 401 or a 403")
+	}
+	status = http.StatusNotFound
+	send(http.MethodPost)
+	if got := rec.NeedsReauth(server); got != nil {
+		t.Errorf("an accepted request did not clear the record: %v", got)
+	}
+	if got := rec.Err(lost); got != lost {
+		t.Errorf("after clearing, Err changed the error: %v", got)
+	}
+}
