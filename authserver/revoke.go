@@ -181,7 +181,7 @@ func (s *Server) handleIntrospect(w http.ResponseWriter, r *http.Request) {
 		oauth.WriteJSON(w, http.StatusOK, oauth.IntrospectionResponse{Active: false})
 		return
 	}
-	resp := oauth.IntrospectionResponse{Active: true, Iss: s.cfg.Issuer, Sub: rec.grant.Subject, Aud: rec.grant.Resource}
+	resp := oauth.IntrospectionResponse{Active: true, Iss: s.cfg.Issuer, Sub: rec.grant.Subject, Aud: oauth.Audience{rec.grant.Resource}}
 	if a := rec.access; a != nil {
 		resp.TokenType = oauth.TokenTypeBearer
 		resp.ClientID, resp.Scope, resp.Jti = a.ClientID, oauth.FormatScope(a.Scopes), a.JTI

@@ -1,5 +1,10 @@
 package oauth
 
+import (
+	"encoding/json"
+	"fmt"
+)
+
 // AuthServerMetadata is an OAuth 2.0 authorization server metadata document
 // (RFC 8414 §2), with the members the MCP authorization specification and its
 // extensions use.
@@ -81,18 +86,18 @@ type ClientMetadata struct {
 
 // IntrospectionResponse is an RFC 7662 §2.2 token introspection response.
 type IntrospectionResponse struct {
-	Active    bool   `json:"active"`
-	Scope     string `json:"scope,omitempty"`
-	ClientID  string `json:"client_id,omitempty"`
-	Username  string `json:"username,omitempty"`
-	TokenType string `json:"token_type,omitempty"`
-	Exp       int64  `json:"exp,omitempty"`
-	Iat       int64  `json:"iat,omitempty"`
-	Nbf       int64  `json:"nbf,omitempty"`
-	Sub       string `json:"sub,omitempty"`
-	Aud       string `json:"aud,omitempty"`
-	Iss       string `json:"iss,omitempty"`
-	Jti       string `json:"jti,omitempty"`
+	Active    bool     `json:"active"`
+	Scope     string   `json:"scope,omitempty"`
+	ClientID  string   `json:"client_id,omitempty"`
+	Username  string   `json:"username,omitempty"`
+	TokenType string   `json:"token_type,omitempty"`
+	Exp       int64    `json:"exp,omitempty"`
+	Iat       int64    `json:"iat,omitempty"`
+	Nbf       int64    `json:"nbf,omitempty"`
+	Sub       string   `json:"sub,omitempty"`
+	Aud       Audience `json:"aud,omitempty"`
+	Iss       string   `json:"iss,omitempty"`
+	Jti       string   `json:"jti,omitempty"`
 }
 
 // Well-known values used across the package and its users.
@@ -113,3 +118,41 @@ const (
 	// CodeChallengeMethodS256 is the only PKCE method evergrant accepts.
 	CodeChallengeMethodS256 = "S256"
 )
+
+// Audience is an "aud" member: one string or an array of strings (RFC 7519
+// §4.1.3, RFC 7662 §2.2). It is written as a string when it has one entry.
+type Audience []string
+
+// MarshalJSON implements json.Marshaler.
+func (a Audience) MarshalJSON() ([]byte, error) {
+	if len(a) == 1 {
+		return json.Marshal(a[0])
+	}
+	return json.Marshal([]string(a))
+}
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (a *Audience) UnmarshalJSON(b []byte) error {
+	var one string
+	if err := json.Unmarshal(b, &one); err == nil {
+		*a = Audience{one}
+		return nil
+	}
+	var many []string
+	if err := json.Unmarshal(b, &many); err != nil {
+		return fmt.Errorf("aud: want a string or an array of strings")
+	}
+	*a = many
+	return nil
+}
+
+// Contains reports whether one of the audiences is resource (compared as
+// canonical resource URIs).
+func (a Audience) Contains(resource string) bool {
+	for _, x := range a {
+		if SameResource(x, resource) {
+			return true
+		}
+	}
+	return false
+}

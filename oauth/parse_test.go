@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 
@@ -558,4 +559,30 @@ func FuzzParseTokenResponse(f *testing.F) {
 			t.Fatalf("re-encoded %s: %+v, %v; want %+v", again, tr2, err, tr)
 		}
 	})
+}
+
+func TestAudience_StringOrArray(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want oauth.Audience
+	}{
+		{`"https://a.example/mcp"`, oauth.Audience{"https://a.example/mcp"}},
+		{`["https://a.example/mcp","https://b.example"]`, oauth.Audience{"https://a.example/mcp", "https://b.example"}},
+	} {
+		var a oauth.Audience
+		if err := json.Unmarshal([]byte(tc.in), &a); err != nil || !slices.Equal(a, tc.want) {
+			t.Errorf("%s: %v %v", tc.in, a, err)
+		}
+		if !a.Contains("HTTPS://A.example:443/mcp") {
+			t.Errorf("%s does not contain the canonical resource", tc.in)
+		}
+		out, _ := json.Marshal(a)
+		if string(out) != tc.in {
+			t.Errorf("marshal %v = %s, want %s", a, out, tc.in)
+		}
+	}
+	var a oauth.Audience
+	if err := json.Unmarshal([]byte(`42`), &a); err == nil {
+		t.Error("a number was accepted as aud")
+	}
 }

@@ -2,25 +2,18 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/evergrant/evergrant/authserver"
+	"github.com/evergrant/evergrant/internal/stack"
 	"github.com/evergrant/evergrant/oauth"
 )
-
-// stringList is a repeatable string flag.
-type stringList []string
-
-func (l *stringList) String() string     { return strings.Join(*l, ",") }
-func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }
 
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
@@ -28,13 +21,12 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	autoApprove := fs.Bool("auto-approve", false, "approve every authorization request without showing the consent page")
 	accessTTL := fs.Duration("access-token-ttl", authserver.DefaultAccessTokenTTL, "access token lifetime")
 	refreshTTL := fs.Duration("refresh-token-ttl", authserver.DefaultRefreshTokenTTL, "refresh token lifetime")
-	scopes := fs.String("scopes", "mcp:tools", "space-separated scopes clients may ask for (offline_access is always supported)")
+	maxAge := fs.Duration("upstream-token-max-age", 0, "make the fake upstream API reject tokens older than this (0: no limit), to provoke the tool's expiry signal")
+	jsonResp := fs.Bool("json-response", false, "make the MCP server answer POSTs with JSON instead of SSE")
 	subject := fs.String("user", "demo-user", "the user every authorization is granted for")
 	logLevel := fs.String("log-level", "info", "log level on stderr: debug, info, warn or error")
-	var resources stringList
-	fs.Var(&resources, "resource", "resource (MCP server URL) tokens may be issued for; repeatable; default <issuer>/mcp")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: evergrant serve [flags]\n\nRuns the embedded OAuth authorization server on loopback until interrupted.\nPrints one line per endpoint on stdout, starting with \"issuer: <URL>\".\n\nFlags:\n")
+		fmt.Fprintf(fs.Output(), "Usage: evergrant serve [flags]\n\nRuns, on one loopback listener until interrupted, the embedded OAuth authorization\nserver, an example MCP server protected by it (tools whoami and upstream_search),\nand a fake upstream API the tools call with the caller's token.\nPrints one line per endpoint on stdout, starting with \"issuer: <URL>\".\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	if code, ok := parseFlags(fs, args, stdout, stderr); !ok {
@@ -52,29 +44,24 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintf(stderr, "evergrant serve: %v\n", err)
 		return exitError
 	}
-	issuer := "http://" + ln.Addr().String()
-	if len(resources) == 0 {
-		resources = stringList{issuer + "/mcp"}
-	}
-	as, err := authserver.New(authserver.Config{
-		Issuer:          issuer,
-		Resources:       resources,
-		Scopes:          oauth.ParseScope(*scopes),
-		AccessTokenTTL:  *accessTTL,
-		RefreshTokenTTL: *refreshTTL,
-		AutoApprove:     *autoApprove,
-		Authenticate:    authserver.StaticUser(*subject),
-		Logger:          logger,
+	base := "http://" + ln.Addr().String()
+	st, err := stack.New(stack.Config{
+		BaseURL: base, AutoApprove: *autoApprove, Subject: *subject,
+		AccessTokenTTL: *accessTTL, RefreshTokenTTL: *refreshTTL, UpstreamTokenMaxAge: *maxAge,
+		JSONResponse: *jsonResp, Logger: logger,
 	})
 	if err != nil {
 		ln.Close()
 		fmt.Fprintf(stderr, "evergrant serve: %v\n", err)
 		return exitError
 	}
-	md := as.Metadata()
-	fmt.Fprintf(stdout, "issuer: %s\n", md.Issuer)
+	md := st.AS.Metadata()
 	for _, l := range []struct{ name, url string }{
-		{"metadata", issuer + oauth.WellKnownAuthServer},
+		{"issuer", md.Issuer},
+		{"mcp", st.MCPURL},
+		{"upstream", st.UpstreamURL},
+		{"resource_metadata", st.MetadataURL},
+		{"metadata", base + oauth.WellKnownAuthServer},
 		{"authorize", md.AuthorizationEndpoint},
 		{"token", md.TokenEndpoint},
 		{"register", md.RegistrationEndpoint},
@@ -84,23 +71,16 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	} {
 		fmt.Fprintf(stdout, "%s: %s\n", l.name, l.url)
 	}
-	for _, r := range resources {
-		fmt.Fprintf(stdout, "resource: %s\n", r)
-	}
-	if f, ok := stdout.(interface{ Sync() error }); ok {
-		f.Sync()
-	}
 
 	srv := &http.Server{
-		Handler:           as,
+		Handler:           st.Handler,
 		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	logger.Info("serving", "issuer", issuer, "auto_approve", *autoApprove)
+	logger.Info("serving", "issuer", base, "mcp", st.MCPURL, "auto_approve", *autoApprove)
 	select {
 	case err := <-errc:
 		fmt.Fprintf(stderr, "evergrant serve: %v\n", err)
@@ -110,9 +90,9 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	logger.Info("shutting down")
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
-		fmt.Fprintf(stderr, "evergrant serve: shutdown: %v\n", err)
-		return exitError
+	if err := srv.Shutdown(sctx); err != nil {
+		// Streams (the MCP GET stream) may outlive the grace period.
+		srv.Close()
 	}
 	return exitOK
 }

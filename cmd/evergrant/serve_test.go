@@ -44,7 +44,7 @@ func TestServe_PrintsEndpointsAndServesMetadata(t *testing.T) {
 	}()
 	var lines []string
 	timeout := time.After(10 * time.Second)
-	for len(lines) < 9 {
+	for len(lines) < 11 {
 		select {
 		case l := <-out.lines:
 			lines = append(lines, l)
@@ -58,7 +58,7 @@ func TestServe_PrintsEndpointsAndServesMetadata(t *testing.T) {
 	if !ok || !strings.HasPrefix(issuer, "http://127.0.0.1:") || strings.HasSuffix(issuer, ":0") {
 		t.Fatalf("first line %q, want issuer: http://127.0.0.1:<port>", lines[0])
 	}
-	want := []string{"metadata", "authorize", "token", "register", "revoke", "introspect", "jwks", "resource"}
+	want := []string{"mcp", "upstream", "resource_metadata", "metadata", "authorize", "token", "register", "revoke", "introspect", "jwks"}
 	for i, name := range want {
 		if !strings.HasPrefix(lines[i+1], name+": "+issuer) {
 			t.Errorf("line %d = %q, want %s: %s…", i+1, lines[i+1], name, issuer)

@@ -1,0 +1,162 @@
+package server_test
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/evergrant/evergrant/oauth"
+	"github.com/evergrant/evergrant/server"
+)
+
+const testResource = "https://mcp.example.test/mcp"
+
+// fakeVerifier accepts tokens "tok-<letters>" (t: mcp:tools, w: files.write,
+// r: files.read), says
+// "unavailable" for "down", and rejects everything else.
+var fakeVerifier = server.VerifierFunc(func(_ context.Context, tok string) (*server.TokenInfo, error) {
+	if tok == "down" {
+		return nil, fmt.Errorf("%w: introspection endpoint unreachable", server.ErrVerifierUnavailable)
+	}
+	rest, ok := strings.CutPrefix(tok, "tok-")
+	if !ok {
+		return nil, fmt.Errorf("%w: token \"signature\" \\ does not verify", server.ErrInvalidToken)
+	}
+	names := map[rune]string{'t': "mcp:tools", 'w': "files.write", 'r': "files.read"}
+	var scopes []string
+	for _, c := range rest {
+		if n, ok := names[c]; ok {
+			scopes = append(scopes, n)
+		}
+	}
+	return &server.TokenInfo{Subject: "user-" + rest, ClientID: "c1", Scopes: scopes, Expiry: time.Now().Add(time.Hour)}, nil
+})
+
+func protect(t testing.TB, cfg server.Config, h http.Handler) http.Handler {
+	t.Helper()
+	if cfg.Resource == "" {
+		cfg.Resource = testResource
+	}
+	if cfg.Verifier == nil {
+		cfg.Verifier = fakeVerifier
+	}
+	mw, err := server.RequireToken(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return mw(h)
+}
+
+// Every case of DESIGN §4.1, with the exact challenge.
+func TestChallenges_RFC6750(t *testing.T) {
+	ok := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ti := server.TokenInfoFromContext(r.Context())
+		fmt.Fprintf(w, "hello %s", ti.Subject)
+	})
+	const md = `resource_metadata="https://mcp.example.test/.well-known/oauth-protected-resource/mcp"`
+	cases := []struct {
+		name       string
+		cfg        server.Config
+		header     []string
+		query      string
+		status     int
+		challenge  string
+		bodyHasErr string
+	}{
+		{name: "no token", status: 401, challenge: `Bearer ` + md},
+		{name: "no token, scopes configured", cfg: server.Config{Scopes: []string{"mcp:tools"}}, status: 401,
+			challenge: `Bearer scope="mcp:tools", ` + md},
+		{name: "other scheme is no token", header: []string{"Basic dXNlcjpwYXNz"}, status: 401, challenge: `Bearer ` + md},
+		{name: "invalid token, description escaped", header: []string{"Bearer garbage"}, status: 401,
+			challenge:  `Bearer error="invalid_token", error_description="token 'signature' / does not verify", ` + md,
+			bodyHasErr: "invalid_token"},
+		{name: "scheme case-insensitive", header: []string{"bEaReR tok-t"}, status: 200},
+		{name: "missing scope", cfg: server.Config{Scopes: []string{"mcp:tools", "files.write"}}, header: []string{"Bearer tok-t"}, status: 403,
+			challenge:  `Bearer error="insufficient_scope", error_description="the access token lacks a required scope", scope="mcp:tools files.write", ` + md,
+			bodyHasErr: "insufficient_scope"},
+		{name: "two Authorization headers", header: []string{"Bearer tok-a", "Bearer tok-b"}, status: 400,
+			challenge: `Bearer error="invalid_request", error_description="more than one Authorization header", ` + md},
+		{name: "token in query", header: []string{"Bearer tok-a"}, query: "?access_token=tok-a", status: 400,
+			challenge: `Bearer error="invalid_request", error_description="access tokens are accepted only in the Authorization header", ` + md},
+		{name: "Bearer without token", header: []string{"Bearer "}, status: 400,
+			challenge: `Bearer error="invalid_request", error_description="malformed Bearer credentials", ` + md},
+		{name: "Bearer with bad characters", header: []string{"Bearer a,b"}, status: 400,
+			challenge: `Bearer error="invalid_request", error_description="malformed Bearer credentials", ` + md},
+		{name: "verifier unavailable is 503, not 401", header: []string{"Bearer down"}, status: 503, bodyHasErr: "temporarily_unavailable"},
+		{name: "realm", cfg: server.Config{Realm: "mcp"}, status: 401, challenge: `Bearer realm="mcp", ` + md},
+		{name: "custom metadata URL", cfg: server.Config{ResourceMetadataURL: "https://x.example.test/prm"}, status: 401,
+			challenge: `Bearer resource_metadata="https://x.example.test/prm"`},
+		{name: "good token", header: []string{"Bearer tok-t"}, status: 200},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			h := protect(t, tc.cfg, ok)
+			req := httptest.NewRequest(http.MethodGet, "https://mcp.example.test/mcp"+tc.query, nil)
+			for _, v := range tc.header {
+				req.Header.Add("Authorization", v)
+			}
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, req)
+			if rec.Code != tc.status {
+				t.Fatalf("status %d, want %d (body %q)", rec.Code, tc.status, rec.Body)
+			}
+			if got := rec.Header().Get("WWW-Authenticate"); got != tc.challenge {
+				t.Fatalf("WWW-Authenticate\n got %s\nwant %s", got, tc.challenge)
+			}
+			if tc.challenge != "" {
+				ch, ok := oauth.ParseBearerChallenge(rec.Header())
+				if !ok {
+					t.Fatal("challenge does not parse as Bearer")
+				}
+				if tc.bodyHasErr == "" && ch.Error != "" && tc.status == 401 {
+					t.Errorf("no-token challenge carries error %q", ch.Error)
+				}
+			}
+			if tc.bodyHasErr != "" && !strings.Contains(rec.Body.String(), `"error":"`+tc.bodyHasErr+`"`) {
+				t.Errorf("body %q lacks error %s", rec.Body, tc.bodyHasErr)
+			}
+			if tc.status == 200 && !strings.HasPrefix(rec.Body.String(), "hello user-") {
+				t.Errorf("handler did not see the token info: %q", rec.Body)
+			}
+		})
+	}
+}
+
+func TestRequireToken_ConfigErrors(t *testing.T) {
+	if _, err := server.RequireToken(server.Config{Resource: testResource}); err == nil {
+		t.Error("no verifier accepted")
+	}
+	if _, err := server.RequireToken(server.Config{Resource: "not a url", Verifier: fakeVerifier}); err == nil {
+		t.Error("bad resource accepted")
+	}
+}
+
+func TestMetadataHandler_CORSAndPaths(t *testing.T) {
+	h := server.MetadataHandler(oauth.ProtectedResourceMetadata{Resource: testResource, AuthorizationServers: []string{"https://as.example.test"}})
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/", nil))
+	if rec.Code != 200 || rec.Header().Get("Access-Control-Allow-Origin") != "*" {
+		t.Fatalf("GET: %d, CORS %q", rec.Code, rec.Header().Get("Access-Control-Allow-Origin"))
+	}
+	if _, err := oauth.ParseProtectedResourceMetadata(rec.Body.Bytes(), testResource); err != nil {
+		t.Fatalf("document: %v", err)
+	}
+	rec = httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodOptions, "/", nil))
+	if rec.Code != 204 || !strings.Contains(rec.Header().Get("Access-Control-Allow-Methods"), "GET") {
+		t.Fatalf("preflight: %d %v", rec.Code, rec.Header())
+	}
+	rec = httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/", nil))
+	if rec.Code != 405 {
+		t.Fatalf("POST: %d", rec.Code)
+	}
+	paths, err := server.MetadataPaths(testResource)
+	if err != nil || len(paths) != 2 || paths[0] != "/.well-known/oauth-protected-resource/mcp" || paths[1] != "/.well-known/oauth-protected-resource" {
+		t.Fatalf("paths %v %v", paths, err)
+	}
+}
