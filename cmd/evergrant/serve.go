@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/evergrant/evergrant/authserver"
@@ -25,6 +26,8 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	jsonResp := fs.Bool("json-response", false, "make the MCP server answer POSTs with JSON instead of SSE")
 	subject := fs.String("user", "demo-user", "the user every authorization is granted for")
 	logLevel := fs.String("log-level", "info", "log level on stderr: debug, info, warn or error")
+	var extra stringList
+	fs.Var(&extra, "resource", "another MCP server URL the authorization server issues tokens for; repeatable")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: evergrant serve [flags]\n\nRuns, on one loopback listener until interrupted, the embedded OAuth authorization\nserver, an example MCP server protected by it (tools whoami and upstream_search),\nand a fake upstream API the tools call with the caller's token.\nPrints one line per endpoint on stdout, starting with \"issuer: <URL>\".\n\nFlags:\n")
 		fs.PrintDefaults()
@@ -48,7 +51,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	st, err := stack.New(stack.Config{
 		BaseURL: base, AutoApprove: *autoApprove, Subject: *subject,
 		AccessTokenTTL: *accessTTL, RefreshTokenTTL: *refreshTTL, UpstreamTokenMaxAge: *maxAge,
-		JSONResponse: *jsonResp, Logger: logger,
+		JSONResponse: *jsonResp, Logger: logger, ExtraResources: extra,
 	})
 	if err != nil {
 		ln.Close()
@@ -96,3 +99,9 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	}
 	return exitOK
 }
+
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (l *stringList) String() string     { return strings.Join(*l, ",") }
+func (l *stringList) Set(v string) error { *l = append(*l, v); return nil }

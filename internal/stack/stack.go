@@ -5,6 +5,7 @@
 package stack
 
 import (
+	"context"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -38,6 +39,9 @@ type Config struct {
 	// UpstreamTokenMaxAge makes the fake upstream reject tokens older than
 	// this; zero means no limit.
 	UpstreamTokenMaxAge time.Duration
+	// ExtraResources are other MCP servers the authorization server issues
+	// tokens for (for example examples/upstream-server).
+	ExtraResources []string
 	// EnableFaults turns on the authorization server's fault injection.
 	EnableFaults bool
 	// JSONResponse makes the MCP server answer with JSON instead of SSE.
@@ -80,7 +84,7 @@ func New(cfg Config) (*Stack, error) {
 	s.MetadataURL = md
 	as, err := authserver.New(authserver.Config{
 		Issuer:          cfg.BaseURL,
-		Resources:       []string{s.MCPURL},
+		Resources:       append([]string{s.MCPURL}, cfg.ExtraResources...),
 		Scopes:          append([]string(nil), scopes...),
 		AccessTokenTTL:  cfg.AccessTokenTTL,
 		RefreshTokenTTL: cfg.RefreshTokenTTL,
@@ -101,7 +105,19 @@ func New(cfg Config) (*Stack, error) {
 	if err != nil {
 		return nil, fmt.Errorf("verifier: %w", err)
 	}
-	s.Upstream = &upstream.FakeAPI{Verifier: verifier, MaxAge: cfg.UpstreamTokenMaxAge, Now: cfg.Now}
+	// The upstream accepts tokens for any resource this stack's authorization
+	// server serves (the delegated-token model of examples/upstream).
+	upstreamVerifiers := anyOf{verifier}
+	for _, r := range cfg.ExtraResources {
+		v, err := server.NewJWTVerifier(server.JWTConfig{
+			Issuer: cfg.BaseURL, Audience: r, JWKSURL: cfg.BaseURL + authserver.PathJWKS, RequireATJWT: true, Now: cfg.Now,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("verifier for %s: %w", r, err)
+		}
+		upstreamVerifiers = append(upstreamVerifiers, v)
+	}
+	s.Upstream = &upstream.FakeAPI{Verifier: upstreamVerifiers, MaxAge: cfg.UpstreamTokenMaxAge, Now: cfg.Now}
 	mw, err := server.RequireToken(server.Config{
 		Resource: s.MCPURL, ResourceMetadataURL: s.MetadataURL, Verifier: verifier,
 		Logger: logger.With("component", "mcp"),
@@ -130,4 +146,21 @@ func New(cfg Config) (*Stack, error) {
 	}
 	s.Handler = mux
 	return s, nil
+}
+
+// anyOf accepts a token that one of its verifiers accepts.
+type anyOf []server.Verifier
+
+func (a anyOf) Verify(ctx context.Context, tok string) (*server.TokenInfo, error) {
+	var first error
+	for _, v := range a {
+		ti, err := v.Verify(ctx, tok)
+		if err == nil {
+			return ti, nil
+		}
+		if first == nil {
+			first = err
+		}
+	}
+	return nil, first
 }
