@@ -65,16 +65,29 @@ func (t *Transport) Grant(ctx context.Context, serverURL string) (*store.Grant, 
 	return g, err
 }
 
+// MaxAuthorizationTime bounds one interactive authorization.
+const MaxAuthorizationTime = 10 * time.Minute
+
 // authorizeOnce runs one interactive authorization per server at a time;
-// concurrent callers share its result.
+// concurrent callers share its result. It runs detached from the first
+// caller's context (bounded by MaxAuthorizationTime), so one caller giving
+// up does not fail the others; each waits as long as its own context
+// allows.
 func (t *Transport) authorizeOnce(ctx context.Context, key string, ch oauth.BearerChallenge, scopes []string) (*store.Grant, error) {
-	r := <-t.authz.DoChan(key, func() (any, error) {
-		return t.authorize(ctx, key, ch, scopes)
+	c := t.authz.DoChan(key, func() (any, error) {
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), MaxAuthorizationTime)
+		defer cancel()
+		return t.authorize(actx, key, ch, scopes)
 	})
-	if r.Err != nil {
-		return nil, r.Err
+	select {
+	case r := <-c:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		return r.Val.(*store.Grant).Clone(), nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
-	return r.Val.(*store.Grant).Clone(), nil
 }
 
 // authorize is the authorization code flow with PKCE of the MCP
