@@ -248,8 +248,9 @@ button{font:inherit;padding:.5em 1.2em;border-radius:.3em;border:1px solid #888;
 button.primary{background:#1a5fd0;border-color:#1a5fd0;color:#fff}.muted{color:#666;font-size:.9em}</style></head>
 <body><h1>Authorize {{.ClientName}}?</h1>
 <p><strong>{{.ClientName}}</strong> wants to act as <strong>{{.Subject}}</strong> on <code>{{.Resource}}</code>.</p>
-{{if .Scopes}}<p>It asks for:</p><ul>{{range .Scopes}}<li><code>{{.}}</code></li>{{end}}</ul>{{end}}
-<p class="muted">After you decide you will be sent back to <code>{{.RedirectHost}}</code>.{{if .ClientID}} Client: <code>{{.ClientID}}</code>{{end}}</p>
+{{if .Scopes}}<p>It asks for:</p><ul>{{range .Scopes}}<li><code>{{.Name}}</code>{{if .Meaning}} — {{.Meaning}}{{end}}</li>{{end}}</ul>{{end}}
+<p class="muted">{{if .Verified}}The application is described at <code>{{.Verified}}</code>.{{else}}The application chose its name itself; this server has not verified it.{{end}}
+After you decide you will be sent back to <code>{{.RedirectHost}}</code>. You are signing in at <code>{{.Issuer}}</code>.</p>
 <form method="post" action="{{.Action}}">
 <input type="hidden" name="request" value="{{.Request}}"><input type="hidden" name="csrf" value="{{.CSRF}}">
 <div class="actions"><button class="primary" id="approve" type="submit" name="action" value="approve">Approve</button>
@@ -305,9 +306,22 @@ func (s *Server) showConsent(w http.ResponseWriter, r *http.Request, req *authRe
 	if ru.Host == "" {
 		redirectHost = ru.Scheme + ":"
 	}
+	type scope struct{ Name, Meaning string }
+	var scopes []scope
+	for _, sc := range req.scopes {
+		m := ""
+		if sc == oauth.ScopeOfflineAccess {
+			m = "stay connected: renew access without asking you again, until you sign out"
+		}
+		scopes = append(scopes, scope{sc, m})
+	}
+	verified := ""
+	if req.client.FromDocument {
+		verified = req.client.ID // the client ID metadata document's URL
+	}
 	data := map[string]any{
-		"ClientName": name, "ClientID": req.client.ID, "Subject": subject, "Resource": req.resource,
-		"Scopes": req.scopes, "RedirectHost": redirectHost, "Action": s.prefix + PathConsent,
+		"ClientName": name, "Verified": verified, "Subject": subject, "Resource": req.resource,
+		"Scopes": scopes, "RedirectHost": redirectHost, "Issuer": s.cfg.Issuer, "Action": s.prefix + PathConsent,
 		"Request": id, "CSRF": csrf,
 	}
 	setPageHeaders(w)

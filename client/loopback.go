@@ -57,12 +57,23 @@ func NewLoopbackAuthorizer(addr string) (*LoopbackAuthorizer, error) {
 // RedirectURI implements Authorizer.
 func (a *LoopbackAuthorizer) RedirectURI() string { return a.redirect }
 
-// Close stops the listener.
-func (a *LoopbackAuthorizer) Close() error { return a.srv.Close() }
+// Close stops the listener, letting a response being written (the
+// "Signed in" page) finish for up to two seconds.
+func (a *LoopbackAuthorizer) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := a.srv.Shutdown(ctx); err != nil {
+		return a.srv.Close()
+	}
+	return nil
+}
 
-var callbackPage = template.Must(template.New("cb").Parse(`<!doctype html><html lang="en"><head><meta charset="utf-8"><title>evergrant</title>
+var callbackPage = template.Must(template.New("cb").Parse(`<!doctype html><html lang="en"><head><meta charset="utf-8"><title>evergrant: {{.Title}}</title>
 <style>body{font:16px/1.5 system-ui,sans-serif;max-width:30em;margin:4em auto;padding:0 1em}</style></head>
 <body><h1>{{.Title}}</h1><p>{{.Text}}</p></body></html>`))
+
+// signedInText is shown in the browser after a successful sign-in.
+const signedInText = "evergrant received the authorization and keeps it renewed. You can close this window and go back to the terminal."
 
 func (a *LoopbackAuthorizer) callback(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
@@ -85,7 +96,7 @@ func (a *LoopbackAuthorizer) callback(w http.ResponseWriter, r *http.Request) {
 		callbackPage.Execute(w, map[string]string{"Title": "Sign-in was not completed", "Text": "The authorization server said: " + q.Get("error") + ". You can close this window."})
 		return
 	}
-	callbackPage.Execute(w, map[string]string{"Title": "Signed in", "Text": "evergrant received the authorization. You can close this window."})
+	callbackPage.Execute(w, map[string]string{"Title": "Signed in", "Text": signedInText})
 }
 
 // Authorize implements Authorizer: it shows authURL and waits for the

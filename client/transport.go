@@ -140,6 +140,10 @@ type Event struct {
 	Refresh *RefreshEvent
 	Err     error
 	Time    time.Time
+	// Request is the caller's request the event belongs to (as the caller
+	// made it: without the token the Transport adds), for correlating
+	// events of concurrent calls. Nil for events of no single request.
+	Request *http.Request
 }
 
 // Stats are counters of a Transport's work.
@@ -404,7 +408,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if g != nil {
 		token = g.AccessToken
 	}
-	t.emit(Event{Kind: EventRequest, Server: key, Method: req.Method})
+	t.emit(Event{Kind: EventRequest, Server: key, Method: req.Method, Request: req})
 	resp, err := t.send(req, b, token, true)
 	if err != nil {
 		return nil, err
@@ -418,7 +422,7 @@ func (t *Transport) handle(ctx context.Context, req *http.Request, b body, key s
 	case http.StatusUnauthorized:
 		t.count(statUnauthorized)
 		ch, _ := oauth.ParseBearerChallenge(resp.Header)
-		t.emit(Event{Kind: EventUnauthorized, Server: key, Method: req.Method, Status: resp.StatusCode, Challenge: strings.Join(resp.Header.Values("WWW-Authenticate"), ", ")})
+		t.emit(Event{Kind: EventUnauthorized, Server: key, Method: req.Method, Request: req, Status: resp.StatusCode, Challenge: strings.Join(resp.Header.Values("WWW-Authenticate"), ", ")})
 		if !b.replayable {
 			return resp, nil // rule 9: cannot retry, the 401 goes back as is
 		}
@@ -450,7 +454,7 @@ func (t *Transport) handle(ctx context.Context, req *http.Request, b body, key s
 		if !ok || ch.Error != oauth.ErrorInsufficientScope {
 			return resp, nil
 		}
-		t.emit(Event{Kind: EventForbidden, Server: key, Method: req.Method, Status: resp.StatusCode, Challenge: strings.Join(resp.Header.Values("WWW-Authenticate"), ", ")})
+		t.emit(Event{Kind: EventForbidden, Server: key, Method: req.Method, Request: req, Status: resp.StatusCode, Challenge: strings.Join(resp.Header.Values("WWW-Authenticate"), ", ")})
 		var granted []string
 		if g != nil {
 			granted = g.Scopes
@@ -501,7 +505,7 @@ func (t *Transport) refreshAndRetry(ctx context.Context, req *http.Request, b bo
 		return nil, err
 	}
 	t.count(statRetries)
-	t.emit(Event{Kind: EventRetry, Server: key, Method: req.Method})
+	t.emit(Event{Kind: EventRetry, Server: key, Method: req.Method, Request: req})
 	r2, err := t.send(req, b, ng.AccessToken, false)
 	if err != nil {
 		return nil, err
@@ -509,7 +513,7 @@ func (t *Transport) refreshAndRetry(ctx context.Context, req *http.Request, b bo
 	if r2.StatusCode == http.StatusUnauthorized {
 		t.count(statUnauthorized)
 		ch, _ := oauth.ParseBearerChallenge(r2.Header)
-		t.emit(Event{Kind: EventUnauthorized, Server: key, Method: req.Method, Status: r2.StatusCode, Challenge: strings.Join(r2.Header.Values("WWW-Authenticate"), ", ")})
+		t.emit(Event{Kind: EventUnauthorized, Server: key, Method: req.Method, Request: req, Status: r2.StatusCode, Challenge: strings.Join(r2.Header.Values("WWW-Authenticate"), ", ")})
 		if ch.Error == oauth.ErrorInvalidToken {
 			discard(r2)
 			t.mu.Lock()
@@ -534,9 +538,10 @@ func (t *Transport) authorizeAndRetry(ctx context.Context, req *http.Request, b 
 			return t.retry(ctx, req, b, key, fresh, ReasonRejectedAfterAuthorization)
 		}
 	}
-	// A GET is the background event stream (or its reconnect): it must not
-	// open a browser by itself; the next call the user makes will.
-	if t.cfg.Authorizer == nil || (req.Method == http.MethodGet && status == http.StatusUnauthorized) {
+	// Only a POST (a call the host makes) may start a sign-in: a GET is the
+	// background event stream or its reconnect, a DELETE closes a session;
+	// neither may open a browser by itself.
+	if t.cfg.Authorizer == nil || (req.Method != http.MethodPost && status == http.StatusUnauthorized) {
 		reason := ReasonNoGrant
 		if g != nil {
 			reason = ReasonNoRefreshToken
@@ -558,7 +563,7 @@ func (t *Transport) authorizeAndRetry(ctx context.Context, req *http.Request, b 
 // retry sends the request once more with g's token; a 401 then is final.
 func (t *Transport) retry(ctx context.Context, req *http.Request, b body, key string, g *store.Grant, reason string) (*http.Response, error) {
 	t.count(statRetries)
-	t.emit(Event{Kind: EventRetry, Server: key, Method: req.Method})
+	t.emit(Event{Kind: EventRetry, Server: key, Method: req.Method, Request: req})
 	r2, err := t.send(req, b, g.AccessToken, false)
 	if err != nil {
 		return nil, err

@@ -127,7 +127,10 @@ func New(cfg Config) (*Stack, error) {
 	}
 	mcpSrv := upstream.NewMCPServer(s.UpstreamURL, nil)
 	mcpHandler := mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return mcpSrv },
-		&mcp.StreamableHTTPOptions{JSONResponse: cfg.JSONResponse, Logger: logger.With("component", "mcp-sdk")})
+		&mcp.StreamableHTTPOptions{JSONResponse: cfg.JSONResponse, Logger: logger.With("component", "mcp-sdk"),
+			// Sessions a client abandoned (for example after its grant was
+			// revoked, its closing DELETE is refused) end on their own.
+			SessionTimeout: 30 * time.Minute})
 
 	mux := http.NewServeMux()
 	mux.Handle("/", as)
