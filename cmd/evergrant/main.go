@@ -1,6 +1,5 @@
 // Command evergrant is OAuth for the Model Context Protocol that keeps
-// working: an embedded authorization server today, and (as the project
-// grows) a demo, a client, a stdio bridge and a checker.
+// working through token expiry.
 //
 // Usage:
 //
@@ -8,10 +7,19 @@
 //
 // Commands:
 //
-//	serve    run the authorization server on loopback
+//	demo     play the whole refresh story on this machine
+//	serve    run the authorization server, an MCP server and a fake upstream on loopback
+//	login    sign in to an MCP server and keep the grant
+//	logout   revoke and forget the grant for an MCP server
+//	status   list the grants on disk (never the tokens)
+//	tools    list the tools of an MCP server
+//	call     call a tool of an MCP server
+//	bridge   serve a remote MCP server on stdio, refreshing silently
+//	check    test an MCP client or server against the refresh and challenge rules
 //	version  print the version
 //
-// Run "evergrant <command> --help" for a command's flags.
+// Exit codes: 0 success, 1 failure, 2 usage error, 3 a new sign-in is
+// needed. Run "evergrant <command> --help" for a command's flags.
 package main
 
 import (
@@ -50,7 +58,15 @@ type command struct {
 
 func commands() []command {
 	return []command{
-		{"serve", "run the authorization server on loopback", runServe},
+		{"demo", "play the whole refresh story on this machine", runDemo},
+		{"serve", "run the authorization server, an MCP server and a fake upstream on loopback", runServe},
+		{"login", "sign in to an MCP server and keep the grant", runLogin},
+		{"logout", "revoke and forget the grant for an MCP server", runLogout},
+		{"status", "list the grants on disk (never the tokens)", runStatus},
+		{"tools", "list the tools of an MCP server", runTools},
+		{"call", "call a tool of an MCP server", runCall},
+		{"bridge", "serve a remote MCP server on stdio, refreshing silently", runBridge},
+		{"check", "test an MCP client or server against the refresh and challenge rules", runCheck},
 		{"version", "print the version", func(_ context.Context, _ []string, stdout, _ io.Writer) int {
 			fmt.Fprintln(stdout, "evergrant", version)
 			return exitOK
@@ -63,6 +79,7 @@ func usage(w io.Writer) {
 	for _, c := range commands() {
 		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
 	}
+	fmt.Fprintf(w, "\nExit codes: 0 success, 1 failure, 2 usage error, 3 a new sign-in is needed.\n")
 	fmt.Fprintf(w, "\nRun \"evergrant <command> --help\" for a command's flags.\n")
 }
 

@@ -19,6 +19,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -45,8 +46,8 @@ type WhoamiOutput struct {
 	Scopes   []string `json:"scopes"`
 }
 
-// NewMCPServer returns the MCP server with the tools whoami and
-// upstream_search; searchURL is the upstream's search endpoint. hc sends
+// NewMCPServer returns the MCP server with the tools whoami,
+// upstream_search and save_note (which needs NotesScope); searchURL is the upstream's search endpoint. hc sends
 // the upstream requests (nil: a client with a 10s timeout).
 func NewMCPServer(searchURL string, hc *http.Client) *mcp.Server {
 	if hc == nil {
@@ -94,7 +95,30 @@ func NewMCPServer(searchURL string, hc *http.Client) *mcp.Server {
 			}
 			return nil, out, nil
 		})
+	mcp.AddTool(srv, &mcp.Tool{Name: "save_note", Description: "Save a note upstream; needs the scope notes.write."},
+		func(ctx context.Context, req *mcp.CallToolRequest, in NoteInput) (*mcp.CallToolResult, NoteOutput, error) {
+			// A scope check inside the tool: the client gets 403
+			// insufficient_scope naming the scope, and can step up.
+			if ti := req.Extra.TokenInfo; ti == nil || !slices.Contains(ti.Scopes, NotesScope) {
+				return nil, NoteOutput{}, server.InsufficientScope(NotesScope)
+			}
+			return nil, NoteOutput{Saved: true, Text: in.Text}, nil
+		})
 	return srv
+}
+
+// NotesScope is the scope save_note needs.
+const NotesScope = "notes.write"
+
+// NoteInput is the argument of save_note.
+type NoteInput struct {
+	Text string `json:"text,omitempty" jsonschema:"the note"`
+}
+
+// NoteOutput is the result of save_note.
+type NoteOutput struct {
+	Saved bool   `json:"saved"`
+	Text  string `json:"text"`
 }
 
 // FakeAPI is a stand-in for an upstream API that accepts the authorization

@@ -65,7 +65,7 @@ type Stack struct {
 }
 
 // Scopes the stack's authorization server supports.
-var scopes = []string{"mcp:tools"}
+var scopes = []string{"mcp:tools", upstream.NotesScope}
 
 // New builds a Stack.
 func New(cfg Config) (*Stack, error) {
@@ -86,6 +86,7 @@ func New(cfg Config) (*Stack, error) {
 		Issuer:          cfg.BaseURL,
 		Resources:       append([]string{s.MCPURL}, cfg.ExtraResources...),
 		Scopes:          append([]string(nil), scopes...),
+		DefaultScopes:   scopes[:1], // notes.write only when asked for (step-up)
 		AccessTokenTTL:  cfg.AccessTokenTTL,
 		RefreshTokenTTL: cfg.RefreshTokenTTL,
 		AutoApprove:     cfg.AutoApprove,
@@ -137,7 +138,7 @@ func New(cfg Config) (*Stack, error) {
 	mux.Handle(MCPPath, mw(mcpHandler))
 	mux.Handle(SearchPath, s.Upstream)
 	prm := server.MetadataHandler(oauth.ProtectedResourceMetadata{
-		Resource: s.MCPURL, AuthorizationServers: []string{cfg.BaseURL}, ScopesSupported: scopes,
+		Resource: s.MCPURL, AuthorizationServers: []string{cfg.BaseURL}, ScopesSupported: scopes[:1],
 		BearerMethodsSupported: []string{"header"}, ResourceName: "evergrant example MCP server",
 	})
 	paths, err := server.MetadataPaths(s.MCPURL)
