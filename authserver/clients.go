@@ -234,7 +234,7 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	now := s.now()
-	c := &Client{ID: randomToken(clientIDBytes), CreatedAt: now}
+	c := &Client{ID: randomToken(clientIDBytes), CreatedAt: now, Dynamic: true}
 	md.ClientID = c.ID
 	var secret string
 	if md.TokenEndpointAuthMethod != oauth.AuthMethodNone {

@@ -657,3 +657,26 @@ func TestRevokeGrants_ByFilter(t *testing.T) {
 }
 
 var _ = time.Second
+
+// RFC 7662 §4: a client that registered itself cannot introspect.
+func TestIntrospection_RefusesSelfRegisteredClients(t *testing.T) {
+	e := newEnv(t, nil)
+	id := e.registerPublic(loopbackRedir)
+	tok := e.tokens(id, loopbackRedir)
+	_, reg := e.register(map[string]any{"redirect_uris": []string{loopbackRedir}})
+	st, m, _ := e.post(authserver.PathIntrospect, url.Values{"token": {str(tok, "access_token")}},
+		[]string{str(reg, "client_id"), str(reg, "client_secret")})
+	if st != 401 || m["active"] != nil {
+		t.Fatalf("self-registered confidential client introspecting: %d %v", st, m)
+	}
+}
+
+func TestNew_DoesNotWriteIntoTheCallersConfig(t *testing.T) {
+	res := []string{"HTTPS://MCP.example.test:443/mcp/"}
+	if _, err := authserver.New(authserver.Config{Issuer: "http://127.0.0.1:1", Resources: res}); err != nil {
+		t.Fatal(err)
+	}
+	if res[0] != "HTTPS://MCP.example.test:443/mcp/" {
+		t.Fatalf("caller's Resources changed to %q", res[0])
+	}
+}

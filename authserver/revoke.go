@@ -166,8 +166,11 @@ func (s *Server) handleIntrospect(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if client.AuthMethod() == oauth.AuthMethodNone {
-		writeClientAuthError(w, false, "introspection requires a confidential client")
+	if client.AuthMethod() == oauth.AuthMethodNone || client.Dynamic {
+		// RFC 7662 §4: only the resource servers this server knows (its
+		// pre-registered confidential clients) may ask; a self-registered
+		// client would turn introspection into a token oracle.
+		writeClientAuthError(w, false, "introspection requires a pre-registered confidential client")
 		return
 	}
 	now := s.now()

@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -222,7 +223,8 @@ func New(cfg Config) (*Server, error) {
 	if cfg.EnableFaults {
 		s.faults = &Faults{}
 	}
-	for i, r := range cfg.Resources {
+	s.cfg.Resources = slices.Clone(cfg.Resources) // never write into the caller's slice
+	for i, r := range s.cfg.Resources {
 		c, err := oauth.CanonicalResource(r)
 		if err != nil {
 			return nil, fmt.Errorf("authserver: resource %q: %w", r, err)

@@ -33,6 +33,9 @@ type Client struct {
 	// FromDocument is true for a client described by a Client ID Metadata
 	// Document; such clients are public and are not kept in the Store.
 	FromDocument bool
+	// Dynamic is true for a client that registered itself (RFC 7591).
+	// Such a client may not introspect tokens: anyone can become one.
+	Dynamic bool
 }
 
 // AuthMethod returns the client's token endpoint authentication method.

@@ -82,10 +82,31 @@ func (t *Transport) discover(ctx context.Context, key, metadataURL string) (*dis
 	return d, nil
 }
 
+// reachableFrom refuses a discovery URL on a loopback host named by a
+// server that is not itself on loopback: a remote server must not make this
+// machine send requests to its own local services.
+func reachableFrom(server, target string) error {
+	if err := oauth.CheckEndpointURL(target); err != nil {
+		return err
+	}
+	su, err1 := url.Parse(server)
+	tu, err2 := url.Parse(target)
+	if err1 != nil || err2 != nil {
+		return errors.New("unparsable URL")
+	}
+	if oauth.IsLoopbackHost(tu.Hostname()) && !oauth.IsLoopbackHost(su.Hostname()) {
+		return fmt.Errorf("%s points at this machine, but the server %s is not local", target, su.Host)
+	}
+	return nil
+}
+
 func (t *Transport) discoverUncached(ctx context.Context, key, metadataURL string) (*discovered, error) {
+	if err := oauth.CheckEndpointURL(key); err != nil {
+		return nil, err
+	}
 	var candidates []string
 	if metadataURL != "" {
-		if err := oauth.CheckEndpointURL(metadataURL); err != nil {
+		if err := reachableFrom(key, metadataURL); err != nil {
 			return nil, fmt.Errorf("resource_metadata: %w", err)
 		}
 		candidates = append(candidates, metadataURL)
@@ -115,6 +136,9 @@ func (t *Transport) discoverUncached(ctx context.Context, key, metadataURL strin
 		// A server of the 2025-03-26 revision: the authorization server is
 		// at the server's origin.
 		return t.discoverLegacy(ctx, key)
+	}
+	if err := reachableFrom(key, prm.AuthorizationServers[0]); err != nil {
+		return nil, fmt.Errorf("authorization server: %w", err)
 	}
 	as, err := t.authServerMetadata(ctx, prm.AuthorizationServers[0])
 	if err != nil {

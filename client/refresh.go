@@ -26,7 +26,10 @@ func (t *Transport) refreshGrant(ctx context.Context, key, failed string, proact
 	ch := t.refresh.DoChan(flight, func() (any, error) {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), t.cfg.RefreshTimeout)
 		defer cancel()
-		return t.refreshLocked(rctx, key, failed, proactive)
+		l := &later{}
+		g, err := t.refreshLocked(rctx, key, failed, proactive, l)
+		l.run() // hooks run once the grant's lock is released
+		return g, err
 	})
 	select {
 	case r := <-ch:
@@ -40,7 +43,7 @@ func (t *Transport) refreshGrant(ctx context.Context, key, failed string, proact
 }
 
 // refreshLocked is the lock, reload, refresh-if-needed, save protocol.
-func (t *Transport) refreshLocked(ctx context.Context, key, failed string, proactive bool) (*store.Grant, error) {
+func (t *Transport) refreshLocked(ctx context.Context, key, failed string, proactive bool, l *later) (*store.Grant, error) {
 	unlock, err := t.store.Lock(ctx, key)
 	if err != nil {
 		return nil, &RefreshUnavailableError{Server: key, Err: fmt.Errorf("lock grant: %w", err)}
@@ -49,7 +52,7 @@ func (t *Transport) refreshLocked(ctx context.Context, key, failed string, proac
 	g, err := t.store.Load(ctx, key)
 	if errors.Is(err, store.ErrNotFound) {
 		t.forget(key)
-		return nil, t.needsReauth(key, nil, ReasonNoGrant, nil)
+		return nil, t.needsReauthLater(l, key, nil, ReasonNoGrant, nil)
 	}
 	if err != nil {
 		return nil, &RefreshUnavailableError{Server: key, Err: fmt.Errorf("load grant: %w", err)}
@@ -62,7 +65,7 @@ func (t *Transport) refreshLocked(ctx context.Context, key, failed string, proac
 	}
 	if g.RefreshToken == "" {
 		t.remember(g)
-		return nil, t.needsReauth(key, g, ReasonNoRefreshToken, nil)
+		return nil, t.needsReauthLater(l, key, g, ReasonNoRefreshToken, nil)
 	}
 	start := t.now()
 	t.count(statRefreshes)
@@ -76,23 +79,31 @@ func (t *Transport) refreshLocked(ctx context.Context, key, failed string, proac
 	case errors.As(err, &oe) && rejectsRefresh(oe.Status()):
 		// Rule 3: the refresh token is refused: discard it, keep the rest of
 		// the grant (client registration, endpoints) for a new sign-in.
-		g.RefreshToken, g.AccessToken, g.Expiry = "", "", time.Time{}
+		g.RefreshToken = ""
+		if !proactive || g.Expiry.IsZero() || !t.now().Before(g.Expiry) {
+			// Keep an access token that is still good (a refused proactive
+			// refresh); drop one that has been rejected.
+			g.AccessToken, g.Expiry = "", time.Time{}
+		}
 		g.UpdatedAt = t.now()
 		if serr := t.store.Save(ctx, g); serr != nil {
 			t.log.Error("save grant after refused refresh", "grant_id", ev.GrantID, "error", serr)
 		}
 		t.remember(g)
 		ev.Outcome, ev.Err = "rejected", oe
-		t.refreshed(ev)
-		return nil, t.needsReauth(key, g, ReasonRefreshRejected, oe)
+		t.refreshed(l, ev)
+		return nil, t.needsReauthLater(l, key, g, ReasonRefreshRejected, oe)
 	case err != nil:
 		// Rule 4: unreachable, timed out or 5xx: keep the refresh token.
 		ue := &RefreshUnavailableError{Server: key, Issuer: g.Issuer, Err: err}
+		var se *statusError
 		if oe != nil {
 			ue.StatusCode = oe.Status()
+		} else if errors.As(err, &se) {
+			ue.StatusCode = se.status
 		}
 		ev.Outcome, ev.Err = "unavailable", ue
-		t.refreshed(ev)
+		t.refreshed(l, ev)
 		return nil, ue
 	}
 	// Rule 2: rotation replaces the refresh token; an answer without one
@@ -100,13 +111,17 @@ func (t *Transport) refreshLocked(ctx context.Context, key, failed string, proac
 	ev.Rotated = resp.RefreshToken != "" && resp.RefreshToken != g.RefreshToken
 	t.apply(g, resp)
 	if err := t.store.Save(ctx, g); err != nil {
-		// The new tokens are good but not saved; use them in this process
-		// and report the store failure.
-		t.log.Error("save refreshed grant", "grant_id", ev.GrantID, "error", err)
+		if err = t.store.Save(ctx, g); err != nil {
+			// The new tokens are good but not saved: use them in this process
+			// and report it (other processes still hold the consumed refresh
+			// token, so their next refresh will fail).
+			t.log.Error("save refreshed grant", "grant_id", ev.GrantID, "error", err)
+			ev.Err = fmt.Errorf("the refreshed grant could not be saved: %w", err)
+		}
 	}
 	t.remember(g)
 	ev.Outcome = "ok"
-	t.refreshed(ev)
+	t.refreshed(l, ev)
 	return g, nil
 }
 
@@ -116,16 +131,18 @@ func rejectsRefresh(status int) bool {
 	return status >= 400 && status < 500 && status != http.StatusRequestTimeout && status != http.StatusTooManyRequests
 }
 
-func (t *Transport) refreshed(ev RefreshEvent) {
+func (t *Transport) refreshed(l *later, ev RefreshEvent) {
 	if ev.Outcome != "ok" {
 		t.count(statRefreshFailure)
 	}
 	t.log.Info("refresh", "grant_id", ev.GrantID, "server", ev.Server, "outcome", ev.Outcome,
 		"rotated", ev.Rotated, "proactive", ev.Proactive, "latency", ev.Latency, "error", errString(ev.Err))
-	t.emit(Event{Kind: EventRefresh, Server: ev.Server, Refresh: &ev, Err: ev.Err})
-	if t.cfg.OnRefresh != nil {
-		t.cfg.OnRefresh(ev)
-	}
+	l.do(func() {
+		t.emit(Event{Kind: EventRefresh, Server: ev.Server, Refresh: &ev, Err: ev.Err})
+		if t.cfg.OnRefresh != nil {
+			t.cfg.OnRefresh(ev)
+		}
+	})
 }
 
 func errString(err error) string {
@@ -217,7 +234,9 @@ func (t *Transport) postToken(ctx context.Context, endpoint string, c clientCred
 		if oe, perr := oauth.ParseError(resp.StatusCode, data); perr == nil {
 			return nil, oe
 		}
-		return nil, &oauth.Error{Code: httpErrorCode(resp.StatusCode), Description: fmt.Sprintf("token endpoint answered %d without an OAuth error", resp.StatusCode), StatusCode: resp.StatusCode}
+		// Not an RFC 6749 §5.2 answer (a proxy's page, a misrouted
+		// request): not a refusal of the grant, so the refresh token stays.
+		return nil, &statusError{status: resp.StatusCode}
 	}
 	tr, err := oauth.ParseTokenResponse(data)
 	if err != nil {
@@ -226,9 +245,9 @@ func (t *Transport) postToken(ctx context.Context, endpoint string, c clientCred
 	return tr, nil
 }
 
-func httpErrorCode(status int) string {
-	if status >= 500 {
-		return oauth.ErrorServerError
-	}
-	return oauth.ErrorInvalidRequest
+// statusError is a token endpoint answer that is not an OAuth error.
+type statusError struct{ status int }
+
+func (e *statusError) Error() string {
+	return fmt.Sprintf("token endpoint answered HTTP %d without an OAuth error", e.status)
 }

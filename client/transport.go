@@ -294,8 +294,24 @@ func (t *Transport) currentGrant(ctx context.Context, key string) (*store.Grant,
 	if err != nil {
 		return nil, fmt.Errorf("load grant: %w", err)
 	}
-	t.remember(g)
+	t.adopt(g)
 	return g, nil
+}
+
+// adopt caches a grant loaded from the store; a grant with an access token
+// this Transport has not seen (someone signed in, in another process) is a
+// new grant for the once-per-grant hook and the rejected-token memo.
+func (t *Transport) adopt(g *store.Grant) {
+	t.mu.Lock()
+	old := t.cache[g.Key]
+	if g.AccessToken != "" && (old == nil || old.AccessToken != g.AccessToken) {
+		delete(t.reauthed, g.Key)
+		if t.rejected[g.Key] != tokenHash(g.AccessToken) {
+			delete(t.rejected, g.Key)
+		}
+	}
+	t.cache[g.Key] = g.Clone()
+	t.mu.Unlock()
 }
 
 func (t *Transport) remember(g *store.Grant) {
@@ -374,6 +390,10 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	ctx := req.Context()
 	t.count(statRequests)
 	key, err := ServerKey(req.URL.String())
+	if err == nil {
+		// Tokens never travel in clear text, except on loopback.
+		err = oauth.CheckEndpointURL(key)
+	}
 	if err != nil {
 		if req.Body != nil {
 			req.Body.Close()
@@ -495,7 +515,12 @@ func (t *Transport) refreshAndRetry(ctx context.Context, req *http.Request, b bo
 	t.mu.Unlock()
 	if rejected {
 		// This token already came from a refresh and was rejected: do not
-		// refresh again for it (rule 5 across reconnects).
+		// refresh again for it (rule 5 across reconnects). But another
+		// process may have signed in since: use its grant (rule 7).
+		if fresh, err := t.store.Load(ctx, key); err == nil && fresh.AccessToken != "" && fresh.AccessToken != token {
+			t.adopt(fresh)
+			return t.retry(ctx, req, b, key, fresh, ReasonRejectedAfterRefresh)
+		}
 		return nil, t.needsReauth(key, g, ReasonRejectedAfterRefresh, nil)
 	}
 	// With no refresh token in the cached grant, refreshGrant still reloads
@@ -531,17 +556,14 @@ func (t *Transport) authorizeAndRetry(ctx context.Context, req *http.Request, b 
 	// Another process may have signed in since this request was sent.
 	if status == http.StatusUnauthorized {
 		if fresh, err := t.store.Load(ctx, key); err == nil && fresh.AccessToken != "" && (g == nil || fresh.AccessToken != g.AccessToken) {
-			t.remember(fresh)
-			t.mu.Lock()
-			delete(t.reauthed, key)
-			t.mu.Unlock()
+			t.adopt(fresh)
 			return t.retry(ctx, req, b, key, fresh, ReasonRejectedAfterAuthorization)
 		}
 	}
 	// Only a POST (a call the host makes) may start a sign-in: a GET is the
 	// background event stream or its reconnect, a DELETE closes a session;
 	// neither may open a browser by itself.
-	if t.cfg.Authorizer == nil || (req.Method != http.MethodPost && status == http.StatusUnauthorized) {
+	if t.cfg.Authorizer == nil || req.Method != http.MethodPost {
 		reason := ReasonNoGrant
 		if g != nil {
 			reason = ReasonNoRefreshToken
@@ -579,6 +601,31 @@ func (t *Transport) retry(ctx context.Context, req *http.Request, b body, key st
 // needsReauth builds the error, counts it, and fires OnNeedsReauth once per
 // grant.
 func (t *Transport) needsReauth(key string, g *store.Grant, reason string, oe *oauth.Error) *NeedsReauthError {
+	return t.needsReauthLater(nil, key, g, reason, oe)
+}
+
+// later collects the calls of user hooks made while a grant's lock is
+// held, so they run after it is released: a hook that waits for a person
+// must not hold up every process's refresh of the grant.
+type later struct{ fns []func() }
+
+// do runs f now when l is nil, else queues it.
+func (l *later) do(f func()) {
+	if l == nil {
+		f()
+		return
+	}
+	l.fns = append(l.fns, f)
+}
+
+func (l *later) run() {
+	for _, f := range l.fns {
+		f()
+	}
+}
+
+// needsReauthLater is needsReauth with the hook and event queued on l.
+func (t *Transport) needsReauthLater(l *later, key string, g *store.Grant, reason string, oe *oauth.Error) *NeedsReauthError {
 	e := &NeedsReauthError{Server: key, Reason: reason}
 	if g != nil {
 		e.Issuer = g.Issuer
@@ -588,17 +635,19 @@ func (t *Transport) needsReauth(key string, g *store.Grant, reason string, oe *o
 		e.ErrorCode, e.ErrorDescription, e.Err = oe.Code, oe.Description, oe
 	}
 	t.count(statNeedsReauth)
-	t.emit(Event{Kind: EventNeedsReauth, Server: key, Err: e})
 	t.mu.Lock()
 	fire := !t.reauthed[key]
 	t.reauthed[key] = true
 	t.mu.Unlock()
 	if fire {
 		t.log.Warn("grant needs a new authorization", "grant_id", grantID(key), "server", key, "reason", reason, "error_code", e.ErrorCode)
-		if t.cfg.OnNeedsReauth != nil {
+	}
+	l.do(func() {
+		t.emit(Event{Kind: EventNeedsReauth, Server: key, Err: e})
+		if fire && t.cfg.OnNeedsReauth != nil {
 			t.cfg.OnNeedsReauth(e)
 		}
-	}
+	})
 	return e
 }
 

@@ -62,6 +62,10 @@ type IntrospectionConfig struct {
 	// MaxCacheEntries bounds the cache; the least recently used entry goes
 	// first. Zero means DefaultMaxCacheEntries.
 	MaxCacheEntries int
+	// AllowMissingAudience accepts active tokens whose introspection answer
+	// names no audience. Off by default: set it only for an authorization
+	// server that issues tokens for this resource alone.
+	AllowMissingAudience bool
 	// Now returns the current time; nil means time.Now. For tests.
 	Now func() time.Time
 }
@@ -93,6 +97,7 @@ type IntrospectionVerifier struct {
 	clientID     string
 	clientSecret string
 	resource     string // canonical
+	allowNoAud   bool
 	issuer       string
 	client       *http.Client
 	ttl          time.Duration
@@ -121,6 +126,7 @@ func NewIntrospectionVerifier(cfg IntrospectionConfig) (*IntrospectionVerifier, 
 		clientID:     cfg.ClientID,
 		clientSecret: cfg.ClientSecret,
 		resource:     res,
+		allowNoAud:   cfg.AllowMissingAudience,
 		issuer:       cfg.Issuer,
 		client:       cfg.HTTPClient,
 		ttl:          cfg.CacheTTL,
@@ -235,6 +241,10 @@ func (v *IntrospectionVerifier) introspect(ctx context.Context, token string, ke
 		return nil, fmt.Errorf("%w: the token is sender-constrained (cnf); only bearer tokens are supported", ErrInvalidToken)
 	case v.issuer != "" && c.iss != "" && c.iss != v.issuer:
 		return nil, fmt.Errorf("%w: wrong issuer", ErrInvalidToken)
+	case len(c.aud) == 0 && !v.allowNoAud:
+		// An authorization server serving several resources must say which
+		// one a token is for (MCP: servers MUST validate the audience).
+		return nil, fmt.Errorf("%w: the introspection answer names no audience", ErrInvalidToken)
 	case len(c.aud) > 0 && !audienceContains(c.aud, v.resource):
 		return nil, fmt.Errorf("%w: the token is not for this resource (audience)", ErrInvalidToken)
 	}

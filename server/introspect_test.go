@@ -304,16 +304,16 @@ func TestIntrospect_Answers(t *testing.T) {
 	}{
 		{"aud string", `{"active":true,"aud":"` + vtResource + `","sub":"u"}`, "", true, ""},
 		{"aud array", `{"active":true,"aud":["` + vtOtherRes + `","` + vtResource + `/"],"sub":"u"}`, "", true, ""},
-		{"no aud", `{"active":true,"sub":"u"}`, "", true, ""},
+		{"no aud is refused by default", `{"active":true,"sub":"u"}`, "", false, "no audience"},
 		{"aud mismatch", `{"active":true,"aud":"` + vtOtherRes + `"}`, "", false, "audience"},
 		{"aud array mismatch", `{"active":true,"aud":["` + vtOtherRes + `"]}`, "", false, "audience"},
 		{"inactive", `{"active":false}`, "", false, "not active"},
-		{"issuer matches", `{"active":true,"iss":"https://as.example.test","sub":"u"}`, "https://as.example.test", true, ""},
-		{"issuer absent", `{"active":true,"sub":"u"}`, "https://as.example.test", true, ""},
+		{"issuer matches", `{"active":true,"aud":"` + vtResource + `","iss":"https://as.example.test","sub":"u"}`, "https://as.example.test", true, ""},
+		{"issuer absent", `{"active":true,"aud":"` + vtResource + `","sub":"u"}`, "https://as.example.test", true, ""},
 		{"issuer mismatch", `{"active":true,"iss":"https://evil.example.test"}`, "https://as.example.test", false, "issuer"},
 		{"refresh token", `{"active":true,"token_type":"refresh_token"}`, "", false, "refresh token"},
 		{"sender-constrained", `{"active":true,"cnf":{"jkt":"x"}}`, "", false, "cnf"},
-		{"scp and username", `{"active":true,"sub":"u","scp":["a","b"],"username":"alice","exp":` + expS + `}`, "", true, ""},
+		{"scp and username", `{"active":true,"aud":"` + vtResource + `","sub":"u","scp":["a","b"],"username":"alice","exp":` + expS + `}`, "", true, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -343,8 +343,19 @@ func TestIntrospect_Answers(t *testing.T) {
 		})
 	}
 
+	t.Run("no aud accepted when allowed", func(t *testing.T) {
+		a := `{"active":true,"sub":"u"}`
+		body.Store(&a)
+		v, _ := server.NewIntrospectionVerifier(server.IntrospectionConfig{
+			Endpoint: ts.URL, ClientID: "rs:one", ClientSecret: "s e&cret", Resource: vtResource, AllowMissingAudience: true,
+		})
+		if _, err := v.Verify(context.Background(), "tok"); err != nil {
+			t.Fatal(err)
+		}
+	})
+
 	t.Run("scp, username and exp reach TokenInfo", func(t *testing.T) {
-		a := `{"active":true,"sub":"u","scp":["a","b"],"username":"alice","exp":` + expS + `}`
+		a := `{"active":true,"aud":"` + vtResource + `","sub":"u","scp":["a","b"],"username":"alice","exp":` + expS + `}`
 		body.Store(&a)
 		v, _ := server.NewIntrospectionVerifier(server.IntrospectionConfig{
 			Endpoint: ts.URL, ClientID: "rs:one", ClientSecret: "s e&cret", Resource: vtResource,

@@ -320,9 +320,15 @@ func (m *middleware) isRejected(h string) bool {
 }
 
 // BearerToken returns the bearer token of a request's header, or "". A tool
-// that calls an upstream API with the user's delegated token reads it from
-// req.Extra.Header (the header of the very request, also in stateful mode,
-// where the handler's context is the session's).
+// reads it from req.Extra.Header (the header of the very request, also in
+// stateful mode, where the handler's context is the session's).
+//
+// Mind the MCP specification's ban on token passthrough: a token issued for
+// this server must not be sent to another service. Send it upstream only
+// when the upstream accepts this server's audience as its own (as the
+// example's fake upstream does, standing in for an API behind the same
+// resource); otherwise obtain a token for the upstream (proxy mode, DESIGN
+// §4.3).
 func BearerToken(h http.Header) string {
 	scheme, tok, ok := strings.Cut(strings.TrimSpace(h.Get("Authorization")), " ")
 	if !ok || !strings.EqualFold(scheme, "Bearer") {

@@ -909,6 +909,11 @@ func (b *bridge) readStream(s *bridgeSession, body io.Reader, lastID *string) (p
 		value = strings.TrimPrefix(value, " ")
 		switch field {
 		case "data":
+			if data.Len()+len(value)+1 > bridgeMaxMessage {
+				// An event that never ends: drop the stream rather than memory.
+				b.log.Warn("the server's event is larger than the limit; dropping the stream", "limit", bridgeMaxMessage)
+				return progress, retry
+			}
 			if hasData {
 				data.WriteByte('\n')
 			}
@@ -921,7 +926,8 @@ func (b *bridge) readStream(s *bridgeSession, body io.Reader, lastID *string) (p
 		case "retry":
 			var ms int64
 			if _, err := fmt.Sscan(value, &ms); err == nil && ms >= 0 {
-				retry = time.Duration(ms) * time.Millisecond
+				// Bounded: a server may not make the bridge spin or stop.
+				retry = min(max(time.Duration(ms)*time.Millisecond, bridgeStreamMinDelay), bridgeStreamMaxDelay)
 			}
 		}
 	}
