@@ -89,6 +89,14 @@ func (t *Transport) refreshLocked(ctx context.Context, key, failed string, proac
 		if serr := t.store.Save(ctx, g); serr != nil {
 			t.log.Error("save grant after refused refresh", "grant_id", ev.GrantID, "error", serr)
 		}
+		if oe.Code == oauth.ErrorInvalidClient {
+			// The authorization server no longer knows this client (it was
+			// reset, or the registration expired): forget the registration,
+			// so the next sign-in registers again instead of failing.
+			if derr := t.store.DeleteRegistration(ctx, g.Issuer, g.ClientID); derr != nil {
+				t.log.Error("forget stale registration", "grant_id", ev.GrantID, "error", derr)
+			}
+		}
 		t.remember(g)
 		ev.Outcome, ev.Err = "rejected", oe
 		t.refreshed(l, ev)

@@ -165,3 +165,33 @@ func TestRule6_OnlyPOSTStartsASignIn(t *testing.T) {
 		}
 	}
 }
+
+// A refresh refused with invalid_client means the authorization server
+// forgot the client: the stored registration goes, and the next sign-in
+// registers again (evergrant serve restarted, then evergrant login).
+func TestRule3_InvalidClientForgetsTheRegistration(t *testing.T) {
+	as := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		oauth.WriteError(w, &oauth.Error{Code: oauth.ErrorInvalidClient, Description: "unknown client", StatusCode: 401})
+	}))
+	defer as.Close()
+	rs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("WWW-Authenticate", invalidToken)
+		w.WriteHeader(401)
+	}))
+	defer rs.Close()
+	ms := &store.Memory{}
+	ctx := context.Background()
+	key, _ := client.ServerKey(rs.URL + "/mcp")
+	ms.Save(ctx, &store.Grant{Key: key, Resource: key, Issuer: as.URL, TokenEndpoint: as.URL + "/token",
+		ClientID: "gone", AccessToken: "at", RefreshToken: "rt"})
+	ms.SaveRegistration(ctx, &store.Registration{Issuer: as.URL, RedirectURI: "http://127.0.0.1/callback", ClientID: "gone"})
+	hc := &http.Client{Transport: client.NewTransport(client.Config{Store: ms, RefreshMargin: -1})}
+	_, err := hc.Post(rs.URL+"/mcp", "application/json", bytes.NewReader(rpcBody(1)))
+	var ne *client.NeedsReauthError
+	if !errors.As(err, &ne) || ne.ErrorCode != oauth.ErrorInvalidClient {
+		t.Fatalf("err = %v, want needs_reauth invalid_client", err)
+	}
+	if _, err := ms.LoadRegistration(ctx, as.URL, "http://127.0.0.1/callback"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("the stale registration is still stored: %v", err)
+	}
+}

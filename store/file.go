@@ -357,6 +357,47 @@ func (f *File) SaveRegistration(ctx context.Context, r *Registration) error {
 	return writeFileAtomic(f.registrationPath(r.Issuer, r.RedirectURI), append(data, '\n'))
 }
 
+// DeleteRegistration implements Store: it removes every registration file
+// of issuer with that client ID. Files that are not valid registrations
+// are left alone.
+func (f *File) DeleteRegistration(ctx context.Context, issuer, clientID string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	dir := filepath.Join(f.dir, registrationsDir)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	removed := false
+	for _, e := range entries {
+		if e.IsDir() || !strings.HasSuffix(e.Name(), ".json") {
+			continue
+		}
+		path := filepath.Join(dir, e.Name())
+		data, err := readFile(path)
+		if err != nil {
+			continue
+		}
+		var rf registrationFile
+		if json.Unmarshal(data, &rf) != nil || checkFormat(rf.Format, registrationFormat) != nil || rf.Registration == nil {
+			continue
+		}
+		if rf.Registration.Issuer == issuer && rf.Registration.ClientID == clientID {
+			if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("store: %w", err)
+			}
+			removed = true
+		}
+	}
+	if removed {
+		if err := syncDir(dir); err != nil {
+			return fmt.Errorf("store: %w", err)
+		}
+	}
+	return nil
+}
+
 // processLocks is the in-process half of File.Lock, keyed by lock file
 // path so that every File of this process on the same directory shares
 // it.

@@ -130,6 +130,21 @@ func (m *Memory) SaveRegistration(ctx context.Context, r *Registration) error {
 	return nil
 }
 
+// DeleteRegistration implements Store.
+func (m *Memory) DeleteRegistration(ctx context.Context, issuer, clientID string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for k, r := range m.regs {
+		if r.Issuer == issuer && r.ClientID == clientID {
+			delete(m.regs, k)
+		}
+	}
+	return nil
+}
+
 // Lock takes the exclusive lock of key among the users of m, waiting until
 // it is free or ctx is done (then it returns ctx.Err()). The returned
 // unlock function releases the lock; calling it more than once does

@@ -108,6 +108,10 @@ type Store interface {
 	LoadRegistration(ctx context.Context, issuer, redirectURI string) (*Registration, error)
 	// SaveRegistration stores r under (r.Issuer, r.RedirectURI).
 	SaveRegistration(ctx context.Context, r *Registration) error
+	// DeleteRegistration forgets every registration at issuer with that
+	// client ID (the authorization server no longer knows it); deleting
+	// nothing is not an error.
+	DeleteRegistration(ctx context.Context, issuer, clientID string) error
 
 	// Lock takes the exclusive lock of key, waiting until it is free or ctx
 	// is done, and returns the function that releases it. The lock excludes

@@ -24,6 +24,7 @@ func testStore(t *testing.T, newStore func() Store) {
 	t.Run("CopiesNotAliases", func(t *testing.T) { testCopies(t, newStore()) })
 	t.Run("SaveInvalid", func(t *testing.T) { testSaveInvalid(t, newStore()) })
 	t.Run("Registrations", func(t *testing.T) { testRegistrations(t, newStore()) })
+	t.Run("DeleteRegistration", func(t *testing.T) { testDeleteRegistration(t, newStore()) })
 	t.Run("DoneContext", func(t *testing.T) { testDoneContext(t, newStore()) })
 	t.Run("LockExcludes", func(t *testing.T) { testLockExcludes(t, newStore()) })
 	t.Run("LockKeysIndependent", func(t *testing.T) { testLockKeysIndependent(t, newStore()) })
@@ -574,5 +575,34 @@ func testOneRefresh(t *testing.T, s Store) {
 	wg.Wait()
 	if refreshes != 1 || len(seen) != 1 {
 		t.Errorf("refreshes = %d, tokens used = %v; want one refresh whose token all %d use", refreshes, seen, n)
+	}
+}
+
+// DeleteRegistration forgets every registration of (issuer, client ID) and
+// nothing else.
+func testDeleteRegistration(t *testing.T, s Store) {
+	ctx := t.Context()
+	a := fullRegistration("https://as.example/", "http://127.0.0.1/cb")
+	b := fullRegistration("https://as.example/", "http://127.0.0.1/other")
+	b.ClientID = "another-client"
+	c := fullRegistration("https://other-as.example/", "http://127.0.0.1/cb")
+	for _, r := range []*Registration{a, b, c} {
+		if err := s.SaveRegistration(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.DeleteRegistration(ctx, a.Issuer, a.ClientID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.LoadRegistration(ctx, a.Issuer, a.RedirectURI); !errors.Is(err, ErrNotFound) {
+		t.Errorf("deleted registration still loads: %v", err)
+	}
+	for _, r := range []*Registration{b, c} {
+		if _, err := s.LoadRegistration(ctx, r.Issuer, r.RedirectURI); err != nil {
+			t.Errorf("registration (%s, %s) was deleted too: %v", r.Issuer, r.ClientID, err)
+		}
+	}
+	if err := s.DeleteRegistration(ctx, "https://nothing.example/", "x"); err != nil {
+		t.Errorf("deleting nothing: %v", err)
 	}
 }
