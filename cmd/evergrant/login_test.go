@@ -379,19 +379,16 @@ func TestLogin_TimeoutAndDeniedBrowser(t *testing.T) {
 	}
 }
 
-// A restarted `evergrant serve` forgets its clients: calls say to sign in
-// with --new-client, a plain login fails (the authorization server shows
-// an error page instead of redirecting), and login --new-client works.
+// A restarted `evergrant serve` forgets its clients. Before anything
+// notices, a plain login fails (the authorization server shows an error
+// page instead of redirecting) and login --new-client works. Once a call
+// has met the refusal (invalid_client), the stale registration is
+// forgotten and a plain login works.
 func TestLogin_NewClientAfterServerForgotRegistration(t *testing.T) {
 	e := newCLIEnv(t, stack.Config{})
 	e.mustRun(0, "login", e.url)
 	e.restartStack()
-	e.clk.Advance(2 * time.Hour) // the old access token is also rejected for age
-	_, errs := e.mustRun(exitNeedsReauth, "call", e.url, "whoami")
-	if !strings.Contains(errs, "\nsign in again with: evergrant login --new-client "+e.url+"\n") {
-		t.Errorf("call stderr lacks the --new-client hint:\n%s", errs)
-	}
-	_, errs = e.mustRun(exitError, "login", e.url)
+	_, errs := e.mustRun(exitError, "login", e.url)
 	if !strings.Contains(errs, "sign-in failed") {
 		t.Errorf("login with a forgotten registration:\n%s", errs)
 	}
@@ -400,8 +397,19 @@ func TestLogin_NewClientAfterServerForgotRegistration(t *testing.T) {
 	if !strings.Contains(out, "demo-user") {
 		t.Errorf("whoami after --new-client: %s", out)
 	}
-	// The new registration replaced the old one: a plain login works again.
+
+	e.restartStack()
+	e.clk.Advance(2 * time.Hour) // the old access token is also rejected for age
+	_, errs = e.mustRun(exitNeedsReauth, "call", e.url, "whoami")
+	if !strings.Contains(errs, "\nsign in again with: evergrant login --new-client "+e.url+"\n") {
+		t.Errorf("call stderr lacks the --new-client hint:\n%s", errs)
+	}
+	// The refusal made the client forget the registration: a plain login
+	// registers again and works.
 	e.mustRun(0, "login", e.url)
+	if out, _ := e.mustRun(0, "call", e.url, "whoami"); !strings.Contains(out, "demo-user") {
+		t.Errorf("whoami after the new login: %s", out)
+	}
 }
 
 func TestLogout_RevokesAndDeletes(t *testing.T) {
