@@ -25,7 +25,7 @@ type globalFlags struct {
 // register adds the common flags to fs.
 func (g *globalFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&g.configDir, "config-dir", os.Getenv("EVERGRANT_CONFIG_DIR"), "where grants are kept (default: the user config dir/evergrant; env EVERGRANT_CONFIG_DIR)")
-	fs.StringVar(&g.logLevel, "log-level", "warn", "log level on stderr: debug, info, warn or error")
+	fs.StringVar(&g.logLevel, "log-level", "error", "log level on stderr: debug, info, warn or error")
 }
 
 // openStore opens the grant store of the config dir.
