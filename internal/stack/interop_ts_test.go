@@ -9,13 +9,10 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"os"
 	"os/exec"
 	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -23,104 +20,6 @@ import (
 	"github.com/evergrant/evergrant/internal/nodejs"
 	"github.com/evergrant/evergrant/internal/stack"
 )
-
-// tsClock is a time source the test moves forward (the stack's Config.Now).
-type tsClock struct{ off atomic.Int64 }
-
-func (c *tsClock) Now() time.Time          { return time.Now().Add(time.Duration(c.off.Load())) }
-func (c *tsClock) Advance(d time.Duration) { c.off.Add(int64(d)) }
-
-// tsExchange is one POST to the MCP endpoint as the server saw it.
-type tsExchange struct {
-	body    []byte
-	status  int
-	wwwAuth string
-}
-
-// tsRecorder wraps the stack's handler: it records POSTs to /mcp and counts
-// grants at the token endpoint and visits to the authorization endpoint.
-type tsRecorder struct {
-	h http.Handler
-
-	mu            sync.Mutex
-	ex            []tsExchange
-	refreshes     int      // POST /token, grant_type=refresh_token
-	codeGrants    int      // POST /token, grant_type=authorization_code
-	authorizeGets int      // GET /authorize (interactive authorizations)
-	refreshRes    []string // the resource parameter of each refresh grant
-}
-
-// tsStatusWriter records status and WWW-Authenticate into the exchange as
-// soon as the status is written (a streaming handler returns much later).
-type tsStatusWriter struct {
-	http.ResponseWriter
-	rec *tsRecorder
-	i   int
-}
-
-func (w *tsStatusWriter) set(c int) {
-	w.rec.mu.Lock()
-	if e := &w.rec.ex[w.i]; e.status == 0 {
-		e.status = c
-		e.wwwAuth = w.Header().Get("WWW-Authenticate")
-	}
-	w.rec.mu.Unlock()
-}
-
-func (w *tsStatusWriter) WriteHeader(c int) {
-	w.set(c)
-	w.ResponseWriter.WriteHeader(c)
-}
-
-func (w *tsStatusWriter) Write(b []byte) (int, error) {
-	w.set(http.StatusOK)
-	return w.ResponseWriter.Write(b)
-}
-func (w *tsStatusWriter) Flush()                      { http.NewResponseController(w.ResponseWriter).Flush() }
-func (w *tsStatusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
-
-func (r *tsRecorder) ServeHTTP(w http.ResponseWriter, req *http.Request) {
-	switch {
-	case req.Method == http.MethodPost && req.URL.Path == stack.MCPPath:
-		body, _ := io.ReadAll(req.Body)
-		req.Body = io.NopCloser(bytes.NewReader(body))
-		r.mu.Lock() // record in arrival order
-		i := len(r.ex)
-		r.ex = append(r.ex, tsExchange{body: body})
-		r.mu.Unlock()
-		r.h.ServeHTTP(&tsStatusWriter{ResponseWriter: w, rec: r, i: i}, req)
-		return
-	case req.Method == http.MethodPost && req.URL.Path == authserver.PathToken:
-		body, _ := io.ReadAll(req.Body)
-		req.Body = io.NopCloser(bytes.NewReader(body))
-		form, _ := url.ParseQuery(string(body))
-		r.mu.Lock()
-		switch form.Get("grant_type") {
-		case "refresh_token":
-			r.refreshes++
-			r.refreshRes = append(r.refreshRes, form.Get("resource"))
-		case "authorization_code":
-			r.codeGrants++
-		}
-		r.mu.Unlock()
-	case req.Method == http.MethodGet && req.URL.Path == authserver.PathAuthorize:
-		r.mu.Lock()
-		r.authorizeGets++
-		r.mu.Unlock()
-	}
-	r.h.ServeHTTP(w, req)
-}
-
-// tsCounts is a snapshot of the recorder.
-type tsCounts struct {
-	mcpPosts, refreshes, codeGrants, authorizeGets int
-}
-
-func (r *tsRecorder) counts() tsCounts {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return tsCounts{mcpPosts: len(r.ex), refreshes: r.refreshes, codeGrants: r.codeGrants, authorizeGets: r.authorizeGets}
-}
 
 // tsMCPPost is one POST to the MCP endpoint as the script's fetch saw it.
 type tsMCPPost struct {
@@ -250,7 +149,7 @@ func TestInteropTypeScriptSDKClient_ExpirySignalRefreshesAndRetries(t *testing.T
 			name = "JSON"
 		}
 		t.Run(name, func(t *testing.T) {
-			clk := &tsClock{}
+			clk := &clock{}
 			ts := httptest.NewUnstartedServer(nil)
 			base := "http://" + ts.Listener.Addr().String()
 			st, err := stack.New(stack.Config{BaseURL: base, AutoApprove: true, UpstreamTokenMaxAge: 10 * time.Minute,
@@ -258,14 +157,14 @@ func TestInteropTypeScriptSDKClient_ExpirySignalRefreshesAndRetries(t *testing.T
 			if err != nil {
 				t.Fatal(err)
 			}
-			rec := &tsRecorder{h: st.Handler}
+			rec := &recorder{h: st.Handler}
 			ts.Config.Handler = rec
 			ts.Start()
 			defer ts.Close()
 
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 			defer cancel()
-			var atSignal tsCounts
+			var atSignal recorderCounts
 			out := runRefreshScript(t, ctx, node, st.MCPURL, func() {
 				atSignal = rec.counts()
 				clk.Advance(11 * time.Minute) // the upstream now finds the token too old
@@ -333,7 +232,7 @@ func TestInteropTypeScriptSDKClient_ExpirySignalRefreshesAndRetries(t *testing.T
 					end.authorizeGets, authserver.PathAuthorize, end.codeGrants)
 			}
 			rec.mu.Lock()
-			ex := append([]tsExchange(nil), rec.ex[atSignal.mcpPosts:]...)
+			ex := append([]exchange(nil), rec.ex[atSignal.mcpPosts:]...)
 			refreshRes := append([]string(nil), rec.refreshRes...)
 			rec.mu.Unlock()
 			if len(refreshRes) == 1 && refreshRes[0] != st.MCPURL {

@@ -4,11 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"io"
 	"net/http"
 	"net/http/httptest"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -17,67 +14,6 @@ import (
 	"github.com/evergrant/evergrant/client"
 	"github.com/evergrant/evergrant/internal/stack"
 )
-
-// clock is a time source tests can move forward.
-type clock struct{ off atomic.Int64 }
-
-func (c *clock) Now() time.Time            { return time.Now().Add(time.Duration(c.off.Load())) }
-func (c *clock) Advance(d time.Duration)   { c.off.Add(int64(d)) }
-func (c *clock) NowFunc() func() time.Time { return c.Now }
-
-// exchange is one POST to the MCP endpoint.
-type exchange struct {
-	body   []byte
-	status int
-}
-
-// recordMCP wraps the stack's handler and records POSTs to /mcp.
-type recordMCP struct {
-	h  http.Handler
-	mu sync.Mutex
-	ex []exchange
-}
-
-// statusWriter records the status into the exchange as soon as it is
-// written (a streaming handler may return long after).
-type statusWriter struct {
-	http.ResponseWriter
-	rec *recordMCP
-	i   int
-}
-
-func (w *statusWriter) set(c int) {
-	w.rec.mu.Lock()
-	if w.rec.ex[w.i].status == 0 {
-		w.rec.ex[w.i].status = c
-	}
-	w.rec.mu.Unlock()
-}
-
-func (w *statusWriter) WriteHeader(c int) {
-	w.set(c)
-	w.ResponseWriter.WriteHeader(c)
-}
-func (w *statusWriter) Write(b []byte) (int, error) {
-	w.set(200)
-	return w.ResponseWriter.Write(b)
-}
-func (w *statusWriter) Flush()                      { http.NewResponseController(w.ResponseWriter).Flush() }
-func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
-
-func (r *recordMCP) ServeHTTP(w http.ResponseWriter, req *http.Request) {
-	if req.Method != http.MethodPost || req.URL.Path != stack.MCPPath {
-		r.h.ServeHTTP(w, req)
-		return
-	}
-	body, _ := io.ReadAll(req.Body)
-	req.Body = io.NopCloser(bytes.NewReader(body))
-	r.mu.Lock() // record in arrival order
-	i := len(r.ex)
-	r.ex = append(r.ex, exchange{body: body})
-	r.mu.Unlock()
-	r.h.ServeHTTP(&statusWriter{ResponseWriter: w, rec: r, i: i}, req)
-}
 
 // The whole story of DESIGN §4.2: the fake upstream starts rejecting,
 // upstream_search signals, the client refreshes once, and the retried call
@@ -98,7 +34,7 @@ func TestStory_UpstreamSignalRecoveredWithSameID(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			rec := &recordMCP{h: st.Handler}
+			rec := &recorder{h: st.Handler}
 			ts.Config.Handler = rec
 			ts.Start()
 			defer ts.Close()
