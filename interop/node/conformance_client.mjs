@@ -52,11 +52,12 @@
 // the error on stderr), 2 for a usage error. Logs go to stderr; tokens,
 // codes, PKCE verifiers and client secrets are never printed.
 
-import { randomBytes, randomInt } from 'node:crypto';
 
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { UnauthorizedError } from '@modelcontextprotocol/sdk/client/auth.js';
+
+import { HeadlessProvider } from './headless_provider.mjs';
 
 const mcpUrl = process.argv[process.argv.length - 1];
 if (process.argv.length < 3 || !/^https?:\/\//.test(mcpUrl)) {
@@ -94,102 +95,10 @@ async function step(name, fn) {
     }
 }
 
-// --- The OAuthClientProvider -------------------------------------------------
-
-// A loopback redirect URI (RFC 8252); nothing listens there: the code is read
-// from the Location of the authorization endpoint's answer.
-const redirectUrl = `http://127.0.0.1:${randomInt(49152, 65535)}/callback`;
-
-/**
- * HeadlessProvider implements the SDK's OAuthClientProvider in memory, with
- * redirectToAuthorization as a headless user agent.
- */
-class HeadlessProvider {
-    constructor() {
-        this._state = undefined;
-        this.code = undefined; // the last authorization code; never printed
-        this.redirects = 0;
-    }
-    get redirectUrl() {
-        return redirectUrl;
-    }
-    get clientMetadata() {
-        return {
-            client_name: 'evergrant check client (MCP TypeScript SDK Client)',
-            redirect_uris: [redirectUrl],
-            token_endpoint_auth_method: 'none',
-            grant_types: ['authorization_code', 'refresh_token'],
-            response_types: ['code']
-        };
-    }
-    state() {
-        this._state = randomBytes(16).toString('base64url');
-        return this._state;
-    }
-    clientInformation() {
-        return this._clientInformation;
-    }
-    saveClientInformation(info) {
-        this._clientInformation = info;
-    }
-    tokens() {
-        return this._tokens;
-    }
-    saveTokens(tokens) {
-        this._tokens = tokens;
-    }
-    invalidateCredentials(scope) {
-        log(`the SDK invalidated credentials: ${scope}`);
-        if (scope === 'all' || scope === 'client') {
-            this._clientInformation = undefined;
-        }
-        if (scope === 'all' || scope === 'tokens') {
-            this._tokens = undefined;
-        }
-        if (scope === 'all' || scope === 'verifier') {
-            this._codeVerifier = undefined;
-        }
-    }
-    async redirectToAuthorization(authorizationUrl) {
-        this.redirects++;
-        this.code = undefined;
-        log(`the SDK sent the user agent to the authorization endpoint (time ${this.redirects})`);
-        // The "user agent": the server auto-approves, so the answer is a
-        // redirect to redirectUrl carrying the code; it is not followed.
-        const response = await fetch(authorizationUrl, { redirect: 'manual' });
-        await response.body?.cancel();
-        const location = response.headers.get('location');
-        const target = location ? new URL(location, authorizationUrl) : undefined;
-        if (!target || `${target.origin}${target.pathname}` !== redirectUrl) {
-            log(`the authorization endpoint answered ${response.status} without a redirect to the redirect URI`);
-            return;
-        }
-        if (target.searchParams.get('state') !== this._state) {
-            log('the authorization response carried another state; ignored');
-            return;
-        }
-        const error = target.searchParams.get('error');
-        if (error) {
-            log(`the authorization endpoint answered error=${error}`);
-            return;
-        }
-        this.code = target.searchParams.get('code') ?? undefined;
-    }
-    saveCodeVerifier(verifier) {
-        this._codeVerifier = verifier;
-    }
-    codeVerifier() {
-        if (!this._codeVerifier) {
-            throw new Error('no code verifier saved');
-        }
-        return this._codeVerifier;
-    }
-}
-
 // --- The run -----------------------------------------------------------------
 
 log(`scenario ${scenario || '(none)'}, server ${mcpUrl}`);
-const provider = new HeadlessProvider();
+const provider = new HeadlessProvider({ clientName: 'evergrant check client (MCP TypeScript SDK Client)', log });
 const client = new Client({ name: 'evergrant-check-typescript-sdk', version: '0.0.0' }, { capabilities: {} });
 client.onerror = err => log(`client error: ${describeError(err)}`);
 // hostFetch is the transport's fetch: the platform's, noting when the GET for

@@ -29,13 +29,14 @@
 // failure the script names the failed step on stderr and exits 1.
 
 import { readFile } from 'node:fs/promises';
-import { randomBytes, randomInt } from 'node:crypto';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { UnauthorizedError } from '@modelcontextprotocol/sdk/client/auth.js';
+
+import { HeadlessProvider } from './headless_provider.mjs';
 
 const { values: flags } = parseArgs({
     options: {
@@ -136,81 +137,27 @@ async function countingFetch(input, init) {
 
 // --- The OAuthClientProvider -------------------------------------------------
 
-// A loopback redirect URI (RFC 8252); nothing listens there: the code is read
-// from the authorization endpoint's redirect.
-const redirectUrl = `http://127.0.0.1:${randomInt(49152, 65535)}/callback`;
-
-/** authorization holds what redirectToAuthorization saw; never printed except as booleans. */
-const authorization = { code: undefined, status: undefined, stateMatches: false, redirectsToRedirectUri: false, error: undefined };
-
 /**
- * InMemoryProvider implements the SDK's OAuthClientProvider in memory. It
- * stores what saveTokens and saveClientInformation receive unchanged (the SDK
- * stamps them with the authorization server they belong to).
+ * CountingProvider is the shared headless provider, counting what the story
+ * asserts: saved tokens, changed tokens, authorizations.
  */
-class InMemoryProvider {
-    constructor() {
-        this._state = undefined;
-    }
-    get redirectUrl() {
-        return redirectUrl;
-    }
-    get clientMetadata() {
-        return {
-            client_name: 'evergrant interop (MCP TypeScript SDK Client)',
-            redirect_uris: [redirectUrl],
-            token_endpoint_auth_method: 'none',
-            grant_types: ['authorization_code', 'refresh_token'],
-            response_types: ['code']
-        };
-    }
-    state() {
-        this._state = randomBytes(16).toString('base64url');
-        return this._state;
-    }
-    clientInformation() {
-        return this._clientInformation;
-    }
-    saveClientInformation(info) {
-        this._clientInformation = info;
-    }
-    tokens() {
-        return this._tokens;
-    }
+class CountingProvider extends HeadlessProvider {
     saveTokens(tokens) {
         counts.save_tokens++;
-        if (this._tokens !== undefined) {
-            if (tokens.access_token !== this._tokens.access_token) {
+        const old = this.tokens();
+        if (old !== undefined) {
+            if (tokens.access_token !== old.access_token) {
                 counts.access_token_changes++;
             }
-            if (tokens.refresh_token !== this._tokens.refresh_token) {
+            if (tokens.refresh_token !== old.refresh_token) {
                 counts.refresh_token_changes++;
             }
         }
-        this._tokens = tokens;
+        super.saveTokens(tokens);
     }
     async redirectToAuthorization(authorizationUrl) {
         counts.redirects_to_authorization++;
-        // The "user agent": the server auto-approves, so the answer is a
-        // redirect to redirectUrl carrying the code; it is not followed.
-        const response = await fetch(authorizationUrl, { redirect: 'manual' });
-        await response.body?.cancel();
-        const location = response.headers.get('location');
-        const target = location ? new URL(location, authorizationUrl) : undefined;
-        authorization.status = response.status;
-        authorization.redirectsToRedirectUri = target !== undefined && `${target.origin}${target.pathname}` === redirectUrl;
-        authorization.stateMatches = target?.searchParams.get('state') === this._state;
-        authorization.error = target?.searchParams.get('error') ?? undefined;
-        authorization.code = target?.searchParams.get('code') ?? undefined;
-    }
-    saveCodeVerifier(verifier) {
-        this._codeVerifier = verifier;
-    }
-    codeVerifier() {
-        if (!this._codeVerifier) {
-            throw new Error('no code verifier saved');
-        }
-        return this._codeVerifier;
+        await super.redirectToAuthorization(authorizationUrl);
     }
 }
 
@@ -221,7 +168,8 @@ const sdkPackage = JSON.parse(
 );
 const facts = { node_version: process.version, sdk_version: sdkPackage.version };
 
-const provider = new InMemoryProvider();
+const provider = new CountingProvider({ clientName: 'evergrant interop (MCP TypeScript SDK Client)' });
+const authorization = () => ({ ...provider.lastAuthorization, code: provider.code });
 const client = new Client({ name: 'evergrant-interop-refresh', version: '0.0.0' }, { capabilities: {} });
 const newTransport = () => new StreamableHTTPClientTransport(new URL(mcpUrl), { authProvider: provider, fetch: countingFetch });
 
@@ -240,19 +188,19 @@ try {
 }
 facts.authorization = {
     first_connect_unauthorized: firstConnectUnauthorized,
-    status: authorization.status,
-    redirects_to_redirect_uri: authorization.redirectsToRedirectUri,
-    state_matches: authorization.stateMatches,
-    code_present: typeof authorization.code === 'string' && authorization.code.length > 0,
-    error: authorization.error
+    status: authorization().status,
+    redirects_to_redirect_uri: authorization().redirectsToRedirectUri,
+    state_matches: authorization().stateMatches,
+    code_present: typeof authorization().code === 'string' && authorization().code.length > 0,
+    error: authorization().error
 };
 if (firstConnectUnauthorized) {
     if (!facts.authorization.code_present) {
         console.log(JSON.stringify(facts));
-        console.error(`mcp_client_refresh: no authorization code (HTTP ${authorization.status}, error ${authorization.error})`);
+        console.error(`mcp_client_refresh: no authorization code (HTTP ${authorization().status}, error ${authorization().error})`);
         process.exit(1);
     }
-    await step('finish authorization', () => transport.finishAuth(authorization.code));
+    await step('finish authorization', () => transport.finishAuth(authorization().code));
     transport = newTransport();
     await step('reconnect', () => client.connect(transport));
 }
