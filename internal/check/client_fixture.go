@@ -71,8 +71,9 @@ type clientFixture struct {
 	refresh  map[string]int           // refresh token hash -> number
 	nAccess  int
 	nRefresh int
-	dead     map[int]bool // access token numbers answered 401 invalid_token from now on
-	allDead  bool         // every token is answered 401 invalid_token
+	dead     map[int]bool  // access token numbers answered 401 invalid_token from now on
+	allDead  bool          // every token is answered 401 invalid_token
+	outage   *clientOutage // when set, token requests get its answer
 	state    map[string]int
 }
 
@@ -368,7 +369,15 @@ func (f *clientFixture) serveToken(w http.ResponseWriter, r *http.Request) {
 	}
 	f.token = append(f.token, tr)
 	f.checkLoop()
+	outage := f.outage
+	if outage != nil {
+		tr.status = outage.status
+	}
 	f.mu.Unlock()
+	if outage != nil {
+		outage.answer(w)
+		return
+	}
 
 	out := &bufferedResponse{header: http.Header{}}
 	f.as.ServeHTTP(out, r)

@@ -25,7 +25,7 @@ const (
 )
 
 // clientMaxUnavailableRefreshes bounds the refresh grants a client may send
-// while the token endpoint answers 503, across its whole run, on top of
+// while the token endpoint is failing, across its whole run, on top of
 // the bound of one per rejected request (rule 5): one for the rejected
 // call, one for closing the session, one for the event stream. More is a
 // loop (rule 4).
@@ -83,15 +83,10 @@ var clientScenarios = []*clientScenario{
 		},
 		judge: judgeInvalidGrant,
 	},
-	{
-		ClientScenario: ClientScenario{
-			Name: "refresh/as-unavailable", Rule: "§3.1 rule 4",
-			Summary: "The first tools/call gets 401 invalid_token and the token endpoint then answers 503: the client " +
-				"does not loop or sign in again, keeps its refresh token, and reports the failure.",
-		},
-		setup: setupUnavailable,
-		judge: judgeUnavailable,
-	},
+	outageScenario(asUnavailable),
+	outageScenario(asServerError),
+	outageScenario(asBadGateway),
+	outageScenario(asUnreachable),
 	{
 		ClientScenario: ClientScenario{
 			Name: "refresh/retry-cap", Rule: "§3.1 rule 5",
@@ -160,14 +155,75 @@ func setupRotation(f *clientFixture) {
 	}
 }
 
-func setupUnavailable(f *clientFixture) {
-	f.script = func(r *clientMCPRequest) clientAction {
-		if r.rpcMethod == "tools/call" && r.tokenNo != 0 && f.once("first") {
-			f.dead[r.tokenNo] = true
-			f.as.Faults().FailTokenEndpoint(http.StatusServiceUnavailable)
-			return clientAction{status: http.StatusUnauthorized, challenge: f.invalidToken("the access token expired"), tag: "first"}
-		}
-		return clientAction{}
+// clientOutage is one way the token endpoint fails in the scenarios of
+// rule 4: an answer the fixture gives instead of the authorization
+// server's, or a connection closed without any answer.
+type clientOutage struct {
+	name string // the scenario's name
+	// what completes "the token endpoint ..." in summaries and details.
+	what string
+	// status is the HTTP status; 0 closes the connection without an answer.
+	status      int
+	contentType string
+	body        string
+}
+
+// The outages of rule 4: an OAuth error answer with a 5xx status (RFC 6749
+// §5.2 has server_error and temporarily_unavailable for these), a proxy's
+// HTML page, and no answer at all.
+var (
+	asUnavailable = &clientOutage{
+		name: "refresh/as-unavailable", what: "answered 503 temporarily_unavailable",
+		status: http.StatusServiceUnavailable, contentType: "application/json",
+		body: `{"error":"temporarily_unavailable","error_description":"the token endpoint is down for maintenance"}`,
+	}
+	asServerError = &clientOutage{
+		name: "refresh/as-server-error", what: "answered 500 server_error",
+		status: http.StatusInternalServerError, contentType: "application/json",
+		body: `{"error":"server_error","error_description":"the token endpoint failed"}`,
+	}
+	asBadGateway = &clientOutage{
+		name: "refresh/as-bad-gateway", what: "answered 502 with a proxy's HTML page",
+		status: http.StatusBadGateway, contentType: "text/html; charset=utf-8",
+		body: "<!doctype html>\n<html><head><title>502 Bad Gateway</title></head><body><h1>502 Bad Gateway</h1></body></html>\n",
+	}
+	asUnreachable = &clientOutage{
+		name: "refresh/as-unreachable", what: "closed the connection without an answer",
+	}
+)
+
+// answer answers a token request as the outage does.
+func (o *clientOutage) answer(w http.ResponseWriter) {
+	if o.status == 0 {
+		// The server closes the connection and does not log this panic.
+		panic(http.ErrAbortHandler)
+	}
+	w.Header().Set("Content-Type", o.contentType)
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(o.status)
+	w.Write([]byte(o.body))
+}
+
+// outageScenario is the scenario of rule 4 for o: the first tools/call gets
+// 401 invalid_token, and from then on the token endpoint fails as o says.
+func outageScenario(o *clientOutage) *clientScenario {
+	return &clientScenario{
+		ClientScenario: ClientScenario{
+			Name: o.name, Rule: "§3.1 rule 4",
+			Summary: "The first tools/call gets 401 invalid_token and the token endpoint then " + o.what + ": the client " +
+				"does not loop or sign in again, keeps its refresh token, and reports the failure.",
+		},
+		setup: func(f *clientFixture) {
+			f.script = func(r *clientMCPRequest) clientAction {
+				if r.rpcMethod == "tools/call" && r.tokenNo != 0 && f.once("first") {
+					f.dead[r.tokenNo] = true
+					f.outage = o
+					return clientAction{status: http.StatusUnauthorized, challenge: f.invalidToken("the access token expired"), tag: "first"}
+				}
+				return clientAction{}
+			}
+		},
+		judge: func(j *clientJudge) (Outcome, string) { return judgeUnavailable(j, o) },
 	}
 }
 
@@ -579,7 +635,7 @@ func judgeInvalidGrant(j *clientJudge) (Outcome, string) {
 	return Pass, fmt.Sprintf("sent one refresh grant, got invalid_grant, sent no more, %s, and exited %d", reauth, j.run.exitCode)
 }
 
-func judgeUnavailable(j *clientJudge) (Outcome, string) {
+func judgeUnavailable(j *clientJudge, o *clientOutage) (Outcome, string) {
 	f := j.first("first")
 	if f == nil {
 		return j.notReached("tools/call with an access token")
@@ -591,10 +647,10 @@ func judgeUnavailable(j *clientJudge) (Outcome, string) {
 	case len(refs) == 0:
 		return Fail, fmt.Sprintf("did not try to refresh after 401 invalid_token on %s, so the outage was never tested; %s", describeRequest(f), j.ended())
 	case len(refs) > logical || len(refs) > clientMaxUnavailableRefreshes:
-		return Fail, fmt.Sprintf("sent %s for %s while the token endpoint answered 503: loops; %s",
-			plural(len(refs), "refresh grant"), plural(logical, "rejected request"), j.ended())
+		return Fail, fmt.Sprintf("sent %s for %s while the token endpoint %s: loops; %s",
+			plural(len(refs), "refresh grant"), plural(logical, "rejected request"), o.what, j.ended())
 	case mostSent > 2:
-		return Fail, fmt.Sprintf("sent %s %s while the token endpoint answered 503: loops", describeRequest(most), times(mostSent))
+		return Fail, fmt.Sprintf("sent %s %s while the token endpoint %s: loops", describeRequest(most), times(mostSent), o.what)
 	case len(authz) > 0:
 		return Fail, fmt.Sprintf("ran the authorization flow (%s) while the token endpoint was failing; "+
 			"the refresh token must be kept and no sign-in started", plural(len(authz), "authorization request"))
@@ -615,8 +671,8 @@ func judgeUnavailable(j *clientJudge) (Outcome, string) {
 			kept = ", presented different refresh tokens"
 		}
 	}
-	return Pass, fmt.Sprintf("sent %s (answered 503) for %s%s, did not sign in again, and exited %d",
-		plural(len(refs), "refresh grant"), plural(logical, "rejected request"), kept, j.run.exitCode)
+	return Pass, fmt.Sprintf("sent %s (the token endpoint %s) for %s%s, did not sign in again, and exited %d",
+		plural(len(refs), "refresh grant"), o.what, plural(logical, "rejected request"), kept, j.run.exitCode)
 }
 
 func judgeRetryCap(j *clientJudge) (Outcome, string) {

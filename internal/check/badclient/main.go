@@ -24,6 +24,7 @@
 //	ignore-rotation      always present the first refresh token
 //	no-resource          leave resource out of the refresh grant
 //	wrong-client-auth    register as client_secret_post, but authenticate the refresh with HTTP Basic
+//	reauth-on-outage     when the token endpoint fails (5xx, no answer), run the authorization again
 //
 // Exit status: 0 when every step succeeded; 3 when a refresh was refused
 // (a new sign-in is needed); 1 otherwise. It prints no token material.
@@ -51,7 +52,7 @@ import (
 	"github.com/evergrant/evergrant/oauth"
 )
 
-var modes = []string{"good", "loop", "reauth", "change-id", "refresh-on-403", "refresh-on-bare-401", "ignore-rotation", "no-resource", "wrong-client-auth"}
+var modes = []string{"good", "loop", "reauth", "change-id", "refresh-on-403", "refresh-on-bare-401", "ignore-rotation", "no-resource", "wrong-client-auth", "reauth-on-outage"}
 
 const (
 	redirectURI     = "http://127.0.0.1:1/callback"
@@ -370,7 +371,14 @@ func (c *client) call(ctx context.Context, method string, params any) (json.RawM
 			}
 			handled = true
 			if err := c.refreshGrant(ctx); err != nil {
-				return nil, err
+				var refused *refusedError
+				if c.mode != "reauth-on-outage" || errors.As(err, &refused) {
+					return nil, err
+				}
+				// The fault: an outage is taken for a lost grant.
+				if err := c.authorize(ctx); err != nil {
+					return nil, err
+				}
 			}
 			if c.mode == "change-id" {
 				c.lastID++
