@@ -13,6 +13,7 @@ import (
 	"mime"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -31,6 +32,12 @@ import (
 // (-32060), and clear of the codes MCP and the Go SDK use (-32000, -32001,
 // -32002, -32020…-32022, -32042).
 const codeNeedsReauth = -32061
+
+// codeRejectedByTransport is the code of the Go SDK's jsonrpc2.ErrRejected
+// ("rejected by transport"), which its streamable client wraps around a
+// failed POST. It names no cause, so the bridge answers with the whole
+// error (server down, grant unreadable, refresh unavailable) instead.
+const codeRejectedByTransport = -32005
 
 const (
 	// bridgeSendTimeout bounds forwarding one notification or response.
@@ -105,7 +112,9 @@ func runBridge(ctx context.Context, args []string, stdout, stderr io.Writer) int
 func bridgeMain(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("bridge", flag.ContinueOnError)
 	var g globalFlags
-	g.register(fs)
+	// The bridge's stderr is the host's log, and the only place where a
+	// missing sign-in or an unreadable grant shows before a request fails.
+	g.registerLevel(fs, "warn")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), bridgeUsage)
 		fs.PrintDefaults()
@@ -134,7 +143,7 @@ func bridgeMain(ctx context.Context, args []string, stdin io.Reader, stdout, std
 		fmt.Fprintf(stderr, "evergrant bridge: %v\n", err)
 		return exitError
 	}
-	hint := bridgeLogin(serverURL, g.configDir)
+	hint := loginHint(serverURL, g.configDir)
 	tlog := logger // the Transport names the server itself
 	logger = logger.With("server", serverURL)
 	if gr, err := st.Load(ctx, key); errors.Is(err, store.ErrNotFound) || err == nil && gr.AccessToken == "" && gr.RefreshToken == "" {
@@ -152,30 +161,6 @@ func bridgeMain(ctx context.Context, args []string, stdin io.Reader, stdout, std
 	})
 	b := newBridge(ctx, serverURL, g.configDir, logger, stdout, tr)
 	return b.run(stdin)
-}
-
-// bridgeLogin is the sign-in command for serverURL with extra flags,
-// naming the config dir when it is not the default one: the terminal the
-// user types it in may not have the host's environment.
-func bridgeLogin(serverURL, configDir string, flags ...string) string {
-	if configDir != "" {
-		flags = append(flags, "--config-dir", bridgeShellQuote(configDir))
-	}
-	h := reauthHint(serverURL) // "sign in again with: evergrant login URL"
-	if len(flags) == 0 {
-		return h
-	}
-	return strings.Replace(h, "evergrant login ", "evergrant login "+strings.Join(flags, " ")+" ", 1)
-}
-
-// bridgeShellQuote quotes s for a POSIX shell when it needs quoting.
-func bridgeShellQuote(s string) string {
-	if s != "" && strings.IndexFunc(s, func(r rune) bool {
-		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./:@%+=,", r))
-	}) < 0 {
-		return s
-	}
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 // bridge forwards messages between a host on stdio and a remote MCP server.
@@ -236,7 +221,7 @@ func newBridge(ctx context.Context, serverURL, configDir string, logger *slog.Lo
 	b := &bridge{
 		url:     serverURL,
 		dir:     configDir,
-		hint:    bridgeLogin(serverURL, configDir),
+		hint:    loginHint(serverURL, configDir),
 		log:     logger,
 		host:    &bridgeHostWriter{w: stdout},
 		pending: map[jsonrpc.ID]*bridgeCall{},
@@ -740,7 +725,7 @@ func (b *bridge) wireError(err error) *jsonrpc.Error {
 		if ne.ErrorCode == oauth.ErrorInvalidClient {
 			// The authorization server forgot the client registration: a
 			// plain login would reuse it and fail.
-			hint = bridgeLogin(b.url, b.dir, "--new-client")
+			hint = loginHint(b.url, b.dir, "--new-client")
 		}
 		data, _ := json.Marshal(bridgeReauthData{
 			Reason: "needs_reauth", Cause: ne.Reason, Server: ne.Server, Issuer: ne.Issuer,
@@ -755,7 +740,7 @@ func (b *bridge) wireError(err error) *jsonrpc.Error {
 	}
 	var se *client.InsufficientScopeError
 	if errors.As(err, &se) {
-		hint := bridgeLogin(b.url, b.dir, "--scope", bridgeShellQuote(oauth.FormatScope(union(se.Granted, se.Required))))
+		hint := loginHint(b.url, b.dir, "--scope", shellQuote(oauth.FormatScope(union(se.Granted, se.Required))))
 		data, _ := json.Marshal(bridgeReauthData{
 			Reason: "insufficient_scope", Server: se.Server, Scopes: se.Granted, Required: se.Required,
 			Login: strings.TrimPrefix(hint, "sign in again with: "),
@@ -767,7 +752,7 @@ func (b *bridge) wireError(err error) *jsonrpc.Error {
 		}
 	}
 	var we *jsonrpc.Error
-	if errors.As(err, &we) {
+	if errors.As(err, &we) && we.Code != codeRejectedByTransport {
 		return we // the server's own answer, from a 4xx
 	}
 	return &jsonrpc.Error{Code: jsonrpc.CodeInternalError, Message: fmt.Sprintf("evergrant bridge: %s: %v", b.url, err)}
@@ -789,7 +774,107 @@ func (p *bridgeProtocolRT) RoundTrip(req *http.Request) (*http.Response, error) 
 		req = req.Clone(req.Context())
 		req.Header.Set(bridgeProtocolHeader, v)
 	}
-	return p.base.RoundTrip(req)
+	resp, err := p.base.RoundTrip(req)
+	if err != nil || req.Method != http.MethodPost {
+		return resp, err
+	}
+	return p.b.keepSession(req, resp), nil
+}
+
+// bridgeErrorBodyMax bounds how much of a refused POST's body is read to
+// tell a JSON-RPC error from a page.
+const bridgeErrorBodyMax = 64 << 10
+
+// keepSession makes a refusal of one POST fail only that message. The SDK's
+// streamable client ends the whole connection on an error status whose body
+// is not a JSON-RPC error (a proxy's 400 or 413 page, a 401 without
+// error="invalid_token", which the Transport passes on, a 403 without a
+// scope challenge), and with it every request in flight and the server
+// session's state. Statuses the SDK treats itself are left alone: 2xx, 404
+// (a lost session, which the bridge reopens) and the transient 429, 502,
+// 503 and 504. For a request, keepSession answers with a JSON-RPC error for
+// its id instead; for a notification or a response of the host, it answers
+// 202 and logs what was refused.
+func (b *bridge) keepSession(req *http.Request, resp *http.Response) *http.Response {
+	switch c := resp.StatusCode; {
+	case c/100 == 2, c == http.StatusNotFound, c == http.StatusTooManyRequests,
+		c == http.StatusBadGateway, c == http.StatusServiceUnavailable, c == http.StatusGatewayTimeout:
+		return resp
+	}
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, bridgeErrorBodyMax))
+	resp.Body.Close()
+	replace := func(status int, b []byte) *http.Response {
+		r := *resp
+		r.StatusCode, r.Status = status, fmt.Sprintf("%d %s", status, http.StatusText(status))
+		r.Header = resp.Header.Clone()
+		r.Header.Set("Content-Type", "application/json")
+		r.Header.Del("Content-Length")
+		r.ContentLength = int64(len(b))
+		r.Body = io.NopCloser(bytes.NewReader(b))
+		return &r
+	}
+	if m, err := jsonrpc.DecodeMessage(body); err == nil {
+		if r, ok := m.(*jsonrpc.Response); ok && r.Error != nil {
+			return replace(resp.StatusCode, body) // the server's own error: the SDK reads it
+		}
+	}
+	var sent jsonrpc.Message
+	if req.GetBody != nil {
+		if rc, err := req.GetBody(); err == nil {
+			raw, _ := io.ReadAll(io.LimitReader(rc, bridgeErrorBodyMax))
+			rc.Close()
+			sent, _ = jsonrpc.DecodeMessage(raw)
+		}
+	}
+	what := fmt.Sprintf("the server answered %s%s", resp.Status, bridgeBodySnippet(resp.Header.Get("Content-Type"), body))
+	if c := resp.StatusCode; c == http.StatusUnauthorized || c == http.StatusForbidden {
+		what += "; if it needs a new sign-in: " + strings.TrimPrefix(b.hint, "sign in again with: ")
+	}
+	call, ok := sent.(*jsonrpc.Request)
+	if !ok || !call.IsCall() {
+		b.log.Warn("the server refused a message; the session goes on", "status", resp.StatusCode, "detail", what)
+		return replace(http.StatusAccepted, nil)
+	}
+	out, err := jsonrpc.EncodeMessage(&jsonrpc.Response{ID: call.ID, Error: &jsonrpc.Error{
+		Code: jsonrpc.CodeInternalError, Message: "evergrant bridge: " + b.url + ": " + what,
+	}})
+	if err != nil {
+		return replace(resp.StatusCode, body)
+	}
+	return replace(resp.StatusCode, out)
+}
+
+// bridgeRetryAfter is the wait a Retry-After header asks for in seconds
+// (RFC 9110 §10.2.3), clamped to bridgeStreamMaxDelay; 0 when absent or in
+// another form.
+func bridgeRetryAfter(v string) time.Duration {
+	n, err := strconv.Atoi(strings.TrimSpace(v))
+	if err != nil || n <= 0 {
+		return 0
+	}
+	return min(time.Duration(n)*time.Second, bridgeStreamMaxDelay)
+}
+
+// bridgeBodySnippet is ": " and the start of a text body, for an error
+// message, or "" for a body that is empty or not text.
+func bridgeBodySnippet(contentType string, body []byte) string {
+	if !strings.HasPrefix(contentType, "text/plain") && !strings.HasPrefix(contentType, "application/json") {
+		return "" // an HTML page or worse: the status says enough
+	}
+	text := strings.Join(strings.Fields(strings.ToValidUTF8(string(body), "")), " ")
+	text = strings.Map(func(r rune) rune {
+		if r < ' ' || r == 0x7f {
+			return -1
+		}
+		return r
+	}, text)
+	if len(text) > 200 {
+		text = strings.ToValidUTF8(text[:200], "") + "…"
+	}
+	if text == "" {
+		return ""
+	}
+	return ": " + text
 }
 
 // standalone keeps the GET event stream of s open, forwarding what the
@@ -844,6 +929,15 @@ func (b *bridge) standalone(s *bridgeSession) {
 			resp.Body.Close()
 			b.log.Debug("the server offers no event stream")
 			return
+		case resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusRequestTimeout || resp.StatusCode/100 == 5:
+			// An outage or a proxy's timeout: the stream is still wanted.
+			resp.Body.Close()
+			delay = bridgeNextDelay(delay)
+			if ra := bridgeRetryAfter(resp.Header.Get("Retry-After")); ra > delay {
+				delay = ra
+			}
+			b.log.Info("the server's event stream is unavailable; reconnecting", "status", resp.StatusCode, "delay", delay)
+			continue
 		case resp.StatusCode/100 != 2 || mt != "text/event-stream":
 			resp.Body.Close()
 			b.log.Warn("the server's event stream is not available; its requests and notifications outside of a request will be missed",

@@ -851,10 +851,10 @@ func TestBridgeLoginHint(t *testing.T) {
 		{"", nil, "sign in again with: evergrant login https://a.example/mcp"},
 		{"/tmp/x", nil, "sign in again with: evergrant login --config-dir /tmp/x https://a.example/mcp"},
 		{"/tmp/my dir", []string{"--new-client"}, "sign in again with: evergrant login --new-client --config-dir '/tmp/my dir' https://a.example/mcp"},
-		{"", []string{"--scope", bridgeShellQuote("a b")}, "sign in again with: evergrant login --scope 'a b' https://a.example/mcp"},
+		{"", []string{"--scope", shellQuote("a b")}, "sign in again with: evergrant login --scope 'a b' https://a.example/mcp"},
 	} {
-		if got := bridgeLogin("https://a.example/mcp", c.dir, c.flags...); got != c.want {
-			t.Errorf("bridgeLogin(%q, %q) = %q, want %q", c.dir, c.flags, got, c.want)
+		if got := loginHint("https://a.example/mcp", c.dir, c.flags...); got != c.want {
+			t.Errorf("loginHint(%q, %q) = %q, want %q", c.dir, c.flags, got, c.want)
 		}
 	}
 }

@@ -54,13 +54,13 @@ Flags:
 	defer cancel()
 	sess, err := connectSession(ctx, serverURL, cfg)
 	if err != nil {
-		return reportSessionError(stderr, "tools", serverURL, err)
+		return reportSessionError(stderr, "tools", serverURL, g.configDir, err)
 	}
 	defer sess.Close()
 	var tools []*mcp.Tool
 	for t, err := range sess.Tools(ctx, nil) {
 		if err != nil {
-			return reportSessionError(stderr, "tools", serverURL, sess.Err(err))
+			return reportSessionError(stderr, "tools", serverURL, g.configDir, sess.Err(err))
 		}
 		tools = append(tools, t)
 	}
@@ -134,7 +134,7 @@ Flags:
 	defer cancel()
 	sess, err := connectSession(ctx, serverURL, cfg)
 	if err != nil {
-		return reportSessionError(stderr, "call", serverURL, err)
+		return reportSessionError(stderr, "call", serverURL, g.configDir, err)
 	}
 	defer sess.Close()
 	// A key=value value that parses as JSON but is meant as a string
@@ -145,7 +145,7 @@ Flags:
 		for t, err := range sess.Tools(ctx, nil) {
 			if err != nil {
 				if err := sess.Err(err); errors.Is(err, client.ErrNeedsReauth) {
-					return reportSessionError(stderr, "call", serverURL, err)
+					return reportSessionError(stderr, "call", serverURL, g.configDir, err)
 				}
 				break // the call itself will tell
 			}
@@ -157,7 +157,7 @@ Flags:
 	}
 	res, err := sess.CallTool(ctx, &mcp.CallToolParams{Name: tool, Arguments: arguments})
 	if err != nil {
-		return reportSessionError(stderr, "call", serverURL, sess.Err(err))
+		return reportSessionError(stderr, "call", serverURL, g.configDir, sess.Err(err))
 	}
 	if *asJSON {
 		if code := writeJSON(stdout, stderr, "call", res); code != exitOK {

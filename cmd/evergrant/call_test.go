@@ -28,7 +28,7 @@ import (
 // command), login again, logout.
 func TestToolsAndCall_Lifecycle(t *testing.T) {
 	e := newCLIEnv(t, stack.Config{UpstreamTokenMaxAge: 10 * time.Minute})
-	hint := "\nsign in again with: evergrant login " + e.url + "\n"
+	hint := "\nsign in again with: evergrant login --config-dir " + e.dir + " " + e.url + "\n"
 
 	// No grant yet: tools and call never open a browser, they say how to
 	// sign in and exit 3.

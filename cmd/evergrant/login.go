@@ -168,6 +168,10 @@ Flags:
 				err = ne.Err
 			}
 			fmt.Fprintf(stderr, "evergrant login: sign-in failed: %v\n", err)
+			if noOAuthMetadata(ctx, serverURL) {
+				fmt.Fprintf(stderr, "evergrant login: %s publishes no OAuth metadata (neither RFC 9728 protected resource metadata nor RFC 8414 authorization server metadata): "+
+					"if it needs no sign-in, use evergrant tools and call without logging in\n", serverURL)
+			}
 		}
 		return exitError
 	}
@@ -595,8 +599,47 @@ Flags:
 	w.Flush()
 	for _, info := range infos {
 		if info.NeedsLogin {
-			fmt.Fprintf(stderr, "%s: %s\n", info.Server, reauthHint(info.Server))
+			fmt.Fprintf(stderr, "%s: %s\n", info.Server, loginHint(info.Server, g.configDir))
 		}
 	}
 	return exitOK
+}
+
+// noOAuthMetadata reports whether serverURL answers a 4xx (404 mostly) at
+// every well-known URL of its protected resource metadata and of
+// authorization server metadata at its origin: then a failed sign-in most likely means the
+// server does not use OAuth at all, and saying so beats the error of the
+// 2025-03-26 fallback (a registration endpoint that is not there).
+func noOAuthMetadata(ctx context.Context, serverURL string) bool {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	prm, err := oauth.ProtectedResourceMetadataURLs(serverURL)
+	if err != nil {
+		return false
+	}
+	u, err := url.Parse(serverURL)
+	if err != nil {
+		return false
+	}
+	asm, err := oauth.AuthServerMetadataURLs(u.Scheme + "://" + u.Host)
+	if err != nil {
+		return false
+	}
+	hc := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	for _, m := range append(prm, asm...) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, m, nil)
+		if err != nil {
+			return false
+		}
+		resp, err := hc.Do(req)
+		if err != nil {
+			return false
+		}
+		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		resp.Body.Close()
+		if resp.StatusCode < 400 || resp.StatusCode >= 500 {
+			return false
+		}
+	}
+	return true
 }

@@ -20,6 +20,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
 	"github.com/evergrant/evergrant/client"
 	"github.com/evergrant/evergrant/internal/stack"
 	"github.com/evergrant/evergrant/store"
@@ -401,7 +403,7 @@ func TestLogin_NewClientAfterServerForgotRegistration(t *testing.T) {
 	e.restartStack()
 	e.clk.Advance(2 * time.Hour) // the old access token is also rejected for age
 	_, errs = e.mustRun(exitNeedsReauth, "call", e.url, "whoami")
-	if !strings.Contains(errs, "\nsign in again with: evergrant login --new-client "+e.url+"\n") {
+	if !strings.Contains(errs, "\nsign in again with: evergrant login --new-client --config-dir "+e.dir+" "+e.url+"\n") {
 		t.Errorf("call stderr lacks the --new-client hint:\n%s", errs)
 	}
 	// The refusal made the client forget the registration: a plain login
@@ -613,8 +615,8 @@ func TestStatus_EmptyAndSignedOut(t *testing.T) {
 	if !strings.Contains(out.String(), "none: sign in again") || !strings.Contains(out.String(), "a b") {
 		t.Errorf("status of a signed-out grant:\n%s", out.String())
 	}
-	if !strings.Contains(errs.String(), reauthHint(key)) {
-		t.Errorf("no sign-in hint:\n%s", errs.String())
+	if want := "sign in again with: evergrant login --config-dir " + dir + " " + key; !strings.Contains(errs.String(), want) {
+		t.Errorf("no sign-in hint %q:\n%s", want, errs.String())
 	}
 }
 
@@ -668,18 +670,42 @@ func TestScopeFlag(t *testing.T) {
 func TestReportSessionError_Hints(t *testing.T) {
 	u := "https://mcp.example.com/mcp"
 	for _, c := range []struct {
-		err  error
-		code int
-		want string
+		err       error
+		configDir string
+		code      int
+		want      string
 	}{
-		{&client.NeedsReauthError{Server: u, Reason: client.ReasonRefreshRejected, ErrorCode: "invalid_grant"}, exitNeedsReauth, "\nsign in again with: evergrant login " + u + "\n"},
-		{&client.NeedsReauthError{Server: u, Reason: client.ReasonRefreshRejected, ErrorCode: "invalid_client"}, exitNeedsReauth, "\nsign in again with: evergrant login --new-client " + u + "\n"},
-		{fmt.Errorf("call: %w", &client.InsufficientScopeError{Server: u, Required: []string{"b"}, Granted: []string{"a"}}), exitNeedsReauth, "\nsign in again with: evergrant login --scope \"a b\" " + u + "\n"},
-		{errors.New("boom"), exitError, "evergrant call: boom\n"},
+		{&client.NeedsReauthError{Server: u, Reason: client.ReasonRefreshRejected, ErrorCode: "invalid_grant"}, "", exitNeedsReauth, "\nsign in again with: evergrant login " + u + "\n"},
+		{&client.NeedsReauthError{Server: u, Reason: client.ReasonRefreshRejected, ErrorCode: "invalid_client"}, "", exitNeedsReauth, "\nsign in again with: evergrant login --new-client " + u + "\n"},
+		{fmt.Errorf("call: %w", &client.InsufficientScopeError{Server: u, Required: []string{"b"}, Granted: []string{"a"}}), "", exitNeedsReauth, "\nsign in again with: evergrant login --scope 'a b' " + u + "\n"},
+		// The hint repeats --config-dir, or following it would sign in
+		// to another store and the command would keep failing.
+		{&client.NeedsReauthError{Server: u, Reason: client.ReasonRefreshRejected, ErrorCode: "invalid_grant"}, "/tmp/my grants", exitNeedsReauth, "\nsign in again with: evergrant login --config-dir '/tmp/my grants' " + u + "\n"},
+		{&client.NeedsReauthError{Server: u, Reason: client.ReasonRefreshRejected, ErrorCode: "invalid_client"}, "/tmp/g", exitNeedsReauth, "\nsign in again with: evergrant login --new-client --config-dir /tmp/g " + u + "\n"},
+		{&client.InsufficientScopeError{Server: u, Required: []string{"b"}, Granted: []string{"a"}}, "/tmp/g", exitNeedsReauth, "\nsign in again with: evergrant login --scope 'a b' --config-dir /tmp/g " + u + "\n"},
+		{errors.New("boom"), "", exitError, "evergrant call: boom\n"},
 	} {
 		var errs bytes.Buffer
-		if code := reportSessionError(&errs, "call", u, c.err); code != c.code || !strings.Contains(errs.String(), c.want) {
-			t.Errorf("%v: exit %d, stderr %q; want %d, %q", c.err, code, errs.String(), c.code, c.want)
+		if code := reportSessionError(&errs, "call", u, c.configDir, c.err); code != c.code || !strings.Contains(errs.String(), c.want) {
+			t.Errorf("%v (config dir %q): exit %d, stderr %q; want %d, %q", c.err, c.configDir, code, errs.String(), c.code, c.want)
 		}
+	}
+}
+
+// login against a server that does not use OAuth says so, instead of
+// leaving the user with the 2025-03-26 fallback's "registration answered
+// HTTP 404".
+func TestLogin_ServerWithoutOAuth(t *testing.T) {
+	srv := mcp.NewServer(&mcp.Implementation{Name: "open", Version: "1"}, nil)
+	mux := http.NewServeMux()
+	mux.Handle("/mcp", mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return srv }, nil))
+	hs := httptest.NewServer(mux)
+	defer hs.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var out, errs bytes.Buffer
+	code := run(ctx, []string{"login", "--config-dir", t.TempDir(), "--no-browser", "--timeout", "10s", hs.URL + "/mcp"}, &out, &errs)
+	if code != exitError || !strings.Contains(errs.String(), "publishes no OAuth metadata") {
+		t.Errorf("exit %d, stderr:\n%s", code, errs.String())
 	}
 }
