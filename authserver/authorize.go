@@ -1,6 +1,7 @@
 package authserver
 
 import (
+	"container/list"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/base64"
@@ -16,7 +17,9 @@ import (
 )
 
 const (
-	pendingTTL     = 10 * time.Minute
+	pendingTTL = 10 * time.Minute
+	// maxPending bounds the consent requests waiting for an answer; when
+	// full, the oldest is dropped so that a new sign-in always gets a page.
 	maxPending     = 10000
 	csrfCookieName = "evergrant_csrf"
 )
@@ -38,12 +41,15 @@ type pendingAuth struct {
 	subject string
 	csrf    string
 	expires time.Time
+	elem    *list.Element // in Server.pendingOrder
 }
 
 // handleAuthorize is the authorization endpoint (RFC 6749 §3.1). Errors
 // about the client or the redirect URI are shown to the user and never
-// redirected (RFC 6749 §4.1.2.1); all others are sent to the redirect URI
-// with state and iss.
+// redirected (RFC 6749 §4.1.2.1). Other errors found before the user acted
+// are sent to the redirect URI with state and iss only when the redirect is
+// trusted (see trustedRedirect); otherwise they are shown too, so the
+// endpoint is no open redirector (RFC 9700 §4.11.2).
 func (s *Server) handleAuthorize(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodGet && r.Method != http.MethodPost {
 		w.Header().Set("Allow", "GET, POST")
@@ -79,7 +85,7 @@ func (s *Server) handleAuthorize(w http.ResponseWriter, r *http.Request) {
 	req := authRequest{client: client, redirectURI: redirectURI, state: q.Get("state")}
 	if e := s.parseAuthRequest(q, &req); e != nil {
 		s.log.Info("authorization refused", "reason", e.Code, "client_id", clip(client.ID))
-		s.redirectError(w, r, &req, e)
+		s.requestError(w, r, &req, e)
 		return
 	}
 	subject, err := s.cfg.Authenticate(w, r)
@@ -88,10 +94,10 @@ func (s *Server) handleAuthorize(w http.ResponseWriter, r *http.Request) {
 	}
 	if err != nil || subject == "" {
 		s.log.Info("authorization refused", "reason", "authentication failed", "client_id", clip(client.ID))
-		s.redirectError(w, r, &req, oauth.NewError(oauth.ErrorAccessDenied, "the user could not be authenticated"))
+		s.requestError(w, r, &req, oauth.NewError(oauth.ErrorAccessDenied, "the user could not be authenticated"))
 		return
 	}
-	if s.cfg.AutoApprove {
+	if s.cfg.AutoApprove && trustedRedirect(client, redirectURI) {
 		s.approve(w, r, &req, subject)
 		return
 	}
@@ -179,6 +185,35 @@ func (s *Server) requestedResource(raw string) (string, *oauth.Error) {
 		return "", oauth.NewError(oauth.ErrorInvalidTarget, "this server does not issue tokens for that resource")
 	}
 	return c, nil
+}
+
+// trustedRedirect reports whether the browser may be sent to redirectURI
+// without the user having acted on a page of this server: the client was
+// pre-registered by the operator, or redirectURI is on a loopback host, so it
+// reaches the user's own machine (RFC 8252 §7.3). A self-registered or
+// document client chose its redirect URIs itself, and anyone can create one.
+func trustedRedirect(c *Client, redirectURI string) bool {
+	if !c.Dynamic && !c.FromDocument {
+		return true
+	}
+	u, err := url.Parse(redirectURI)
+	return err == nil && (u.Scheme == "http" || u.Scheme == "https") && oauth.IsLoopbackHost(u.Hostname())
+}
+
+// requestError answers an error in an authorization request found before
+// the user acted: sent to the redirect URI when that is trusted, otherwise
+// shown on the error page (RFC 9700 §4.11.2: an error redirect to a URI
+// anyone may register would make this server an open redirector).
+func (s *Server) requestError(w http.ResponseWriter, r *http.Request, req *authRequest, e *oauth.Error) {
+	if trustedRedirect(req.client, req.redirectURI) {
+		s.redirectError(w, r, req, e)
+		return
+	}
+	msg := "The application's authorization request was refused (" + e.Code + ")"
+	if e.Description != "" {
+		msg += ": " + e.Description
+	}
+	s.errorPage(w, http.StatusBadRequest, msg+".")
 }
 
 // redirectError sends an error to the client's redirect URI with state and
@@ -284,14 +319,23 @@ func (s *Server) errorPage(w http.ResponseWriter, status int, msg string) {
 func (s *Server) showConsent(w http.ResponseWriter, r *http.Request, req *authRequest, subject string) {
 	now := s.now()
 	id, csrf := randomToken(24), randomToken(24)
+	p := &pendingAuth{req: *req, subject: subject, csrf: csrf, expires: now.Add(pendingTTL)}
 	s.mu.Lock()
-	if len(s.pending) >= maxPending {
-		s.mu.Unlock()
-		s.errorPage(w, http.StatusServiceUnavailable, "Too many authorization requests are waiting; try again later.")
-		return
+	evicted := 0
+	for len(s.pending) >= max(s.maxPending, 1) {
+		s.removePendingLocked(s.pendingOrder.Front().Value.(string))
+		evicted++
 	}
-	s.pending[id] = &pendingAuth{req: *req, subject: subject, csrf: csrf, expires: now.Add(pendingTTL)}
+	p.elem = s.pendingOrder.PushBack(id)
+	s.pending[id] = p
+	logEviction := evicted > 0 && now.Sub(s.lastEvictLog) >= time.Minute
+	if logEviction {
+		s.lastEvictLog = now
+	}
 	s.mu.Unlock()
+	if logEviction {
+		s.log.Warn("too many pending consent requests; the oldest were dropped", "max", s.maxPending)
+	}
 
 	http.SetCookie(w, &http.Cookie{
 		Name: csrfCookie(id), Value: csrf, Path: s.prefix + PathConsent, HttpOnly: true,
@@ -352,7 +396,7 @@ func (s *Server) handleConsent(w http.ResponseWriter, r *http.Request) {
 		subtle.ConstantTimeCompare([]byte(cookie.Value), []byte(p.csrf)) == 1 &&
 		s.now().Before(p.expires)
 	if valid {
-		delete(s.pending, id) // single use
+		s.removePendingLocked(id) // single use
 	}
 	s.mu.Unlock()
 	if !valid {
@@ -367,6 +411,28 @@ func (s *Server) handleConsent(w http.ResponseWriter, r *http.Request) {
 	default:
 		s.log.Info("authorization denied by user", "client_id", clip(p.req.client.ID))
 		s.redirectError(w, r, &p.req, oauth.NewError(oauth.ErrorAccessDenied, "the user denied the request"))
+	}
+}
+
+// removePendingLocked forgets the pending consent request id. s.mu must be
+// held.
+func (s *Server) removePendingLocked(id string) {
+	if p, ok := s.pending[id]; ok {
+		s.pendingOrder.Remove(p.elem)
+		delete(s.pending, id)
+	}
+}
+
+// dropExpiredPendingLocked forgets expired pending consent requests. They
+// all live pendingTTL, so the oldest expire first and the walk stops at the
+// first live one. s.mu must be held.
+func (s *Server) dropExpiredPendingLocked(now time.Time) {
+	for e := s.pendingOrder.Front(); e != nil; e = s.pendingOrder.Front() {
+		id := e.Value.(string)
+		if !now.After(s.pending[id].expires) {
+			return
+		}
+		s.removePendingLocked(id)
 	}
 }
 

@@ -1,6 +1,7 @@
 package authserver
 
 import (
+	"container/list"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
@@ -12,7 +13,10 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync"
 	"time"
+
+	"golang.org/x/sync/singleflight"
 
 	"github.com/evergrant/evergrant/oauth"
 )
@@ -281,9 +285,87 @@ func (s *Server) isClientDocumentURL(id string) bool {
 	return u.Path != "" && u.Path != "/"
 }
 
+// maxCachedDocuments bounds the Client ID Metadata Documents kept.
+const maxCachedDocuments = 1000
+
+// docCache keeps fetched Client ID Metadata Documents, at most max of them:
+// the least recently used goes first. Concurrent fetches of one URL are
+// merged into one. The zero value with max set is ready to use.
+type docCache struct {
+	mu     sync.Mutex
+	max    int
+	byURL  map[string]*list.Element // of *cachedClient
+	lru    list.List                // most recently used first
+	onWait func(url string)         // for tests: called before joining a fetch
+	group  singleflight.Group
+}
+
 type cachedClient struct {
+	url     string
 	client  *Client
 	expires time.Time
+}
+
+// get returns the cached client of url, or nil if none is cached or it
+// expired.
+func (c *docCache) get(url string, now time.Time) *Client {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.byURL[url]
+	if !ok {
+		return nil
+	}
+	d := e.Value.(*cachedClient)
+	if !now.Before(d.expires) {
+		c.lru.Remove(e)
+		delete(c.byURL, url)
+		return nil
+	}
+	c.lru.MoveToFront(e)
+	return d.client
+}
+
+// put caches cl for url until expires, evicting the least recently used
+// documents beyond max.
+func (c *docCache) put(url string, cl *Client, expires time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.byURL == nil {
+		c.byURL = map[string]*list.Element{}
+	}
+	if e, ok := c.byURL[url]; ok {
+		e.Value = &cachedClient{url: url, client: cl, expires: expires}
+		c.lru.MoveToFront(e)
+		return
+	}
+	c.byURL[url] = c.lru.PushFront(&cachedClient{url: url, client: cl, expires: expires})
+	for c.lru.Len() > max(c.max, 1) {
+		c.removeLocked(c.lru.Back())
+	}
+}
+
+func (c *docCache) removeLocked(e *list.Element) {
+	c.lru.Remove(e)
+	delete(c.byURL, e.Value.(*cachedClient).url)
+}
+
+// dropExpired forgets expired documents; it walks at most max entries.
+func (c *docCache) dropExpired(now time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for e := c.lru.Front(); e != nil; {
+		next := e.Next()
+		if !now.Before(e.Value.(*cachedClient).expires) {
+			c.removeLocked(e)
+		}
+		e = next
+	}
+}
+
+func (c *docCache) waitHook() func(string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.onWait
 }
 
 // lookupClient finds a client by id: in the Store, or by fetching its
@@ -305,15 +387,39 @@ func (s *Server) lookupClient(ctx context.Context, id string) (*Client, error) {
 	return c, nil
 }
 
+// clientFromDocument returns the client described by the Client ID Metadata
+// Document at id, from the cache or fetched. Concurrent requests for one
+// document share one fetch.
 func (s *Server) clientFromDocument(ctx context.Context, id string) (*Client, error) {
-	now := s.now()
-	s.mu.Lock()
-	if d, ok := s.docs[id]; ok && now.Before(d.expires) {
-		s.mu.Unlock()
-		return d.client, nil
+	if c := s.docs.get(id, s.now()); c != nil {
+		return c, nil
 	}
-	s.mu.Unlock()
+	if hook := s.docs.waitHook(); hook != nil {
+		hook(id)
+	}
+	ch := s.docs.group.DoChan(id, func() (any, error) {
+		// A fetch that finished just before this one started is good.
+		if c := s.docs.get(id, s.now()); c != nil {
+			return c, nil
+		}
+		// The fetch serves every waiter, so one leaving does not cancel
+		// it; the fetcher's own timeout bounds it.
+		return s.fetchClientDocument(context.WithoutCancel(ctx), id)
+	})
+	select {
+	case res := <-ch:
+		if res.Err != nil {
+			return nil, res.Err
+		}
+		return res.Val.(*Client), nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("fetch the client metadata document: %w", ctx.Err())
+	}
+}
 
+// fetchClientDocument fetches, validates and caches the Client ID Metadata
+// Document at id.
+func (s *Server) fetchClientDocument(ctx context.Context, id string) (*Client, error) {
 	var md oauth.ClientMetadata
 	hdr, err := s.fetch.GetJSON(ctx, id, &md)
 	if err != nil {
@@ -335,11 +441,11 @@ func (s *Server) clientFromDocument(ctx context.Context, id string) (*Client, er
 	if err := validateClientMetadata(&md); err != nil {
 		return nil, fmt.Errorf("invalid client metadata document: %w", err)
 	}
+	now := s.now()
 	c := &Client{ID: id, Metadata: md, CreatedAt: now, FromDocument: true}
-	ttl := cacheTTL(hdr, clientDocumentTTL, clientDocumentMax)
-	s.mu.Lock()
-	s.docs[id] = cachedClient{client: c, expires: now.Add(ttl)}
-	s.mu.Unlock()
+	if ttl := cacheTTL(hdr, clientDocumentTTL, clientDocumentMax); ttl > 0 {
+		s.docs.put(id, c, now.Add(ttl))
+	}
 	s.log.Info("client metadata document fetched", "client_id", clip(id))
 	return c, nil
 }

@@ -235,6 +235,9 @@ func TestRedirectURI_MismatchAnsweredWithoutRedirect(t *testing.T) {
 	id := e.registerPublic("http://127.0.0.1:4000/callback")
 	https := e.registerPublic("https://app.example.test/cb")
 	_, c := pkce()
+	// ok: the request is accepted. Auto-approval sends the loopback ones
+	// straight back; the self-registered https client gets the consent page
+	// (auto-approval is only for trusted redirects).
 	cases := []struct {
 		name, client, redirect string
 		ok                     bool
@@ -254,6 +257,12 @@ func TestRedirectURI_MismatchAnsweredWithoutRedirect(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			r := e.authorize(authParams(tc.client, tc.redirect, c))
+			if tc.ok && strings.HasPrefix(tc.redirect, "https:") {
+				if r.StatusCode != http.StatusOK || r.Header.Get("Location") != "" {
+					t.Fatalf("status %d Location %q, want the consent page", r.StatusCode, r.Header.Get("Location"))
+				}
+				return
+			}
 			if tc.ok {
 				redirectParams(t, r, tc.redirect)
 				return

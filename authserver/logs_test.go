@@ -149,7 +149,18 @@ func TestLogsContainNoSecrets(t *testing.T) {
 		verifier, challenge := pkce()
 		led.add("code verifier", verifier)
 		led.add("code challenge", challenge)
-		q := led.authorize(e, authParams(clientID, redirect, challenge), redirect)
+		var q url.Values
+		if redirect == appRedirect {
+			// A self-registered client whose redirect URI is not on
+			// loopback gets the consent page even with AutoApprove.
+			page := getConsent(t, e, authParams(clientID, redirect, challenge))
+			led.add("CSRF token", page.csrf)
+			led.add("consent request id", page.request)
+			r, _ := submitConsent(t, e, page.form("approve"), page.cookie)
+			q = redirectParams(t, r, redirect)
+		} else {
+			q = led.authorize(e, authParams(clientID, redirect, challenge), redirect)
+		}
 		code = q.Get("code")
 		led.add("authorization code", code)
 		return code, verifier

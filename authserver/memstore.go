@@ -191,6 +191,7 @@ func (m *MemoryStore) RotateRefreshToken(_ context.Context, oldHash string, at t
 		return ErrRefreshTokenRotated
 	}
 	old.RotatedAt = at
+	old.Successor = next.Hash
 	m.refresh[next.Hash] = cloneRefresh(next)
 	return nil
 }

@@ -13,6 +13,7 @@
 package authserver
 
 import (
+	"container/list"
 	"context"
 	"crypto/ecdsa"
 	"errors"
@@ -76,13 +77,29 @@ type Config struct {
 	RefreshTokenTTL time.Duration
 	CodeTTL         time.Duration
 
-	// RefreshReuseGrace is how long a rotated refresh token may still be
-	// used (for clients that lost a response) before its reuse is taken as
-	// theft and revokes the grant. Zero, the default, means never.
+	// RefreshReuseGrace is how long after its rotation a refresh token may
+	// be presented again without the reuse being taken as theft, for a
+	// client whose token response was lost and that retried with the old
+	// token. Such a reuse gets a new refresh token, and the successor the
+	// client never received is retired: a grant never has more than one
+	// live refresh token. The reuse revokes the grant instead if the
+	// successor was used already (the family moved on), if the presented
+	// token is itself a successor retired this way, or if it comes later
+	// than RefreshReuseGrace after the rotation. A client that refreshes
+	// with one token several times at once may thus keep a retired token;
+	// it should refresh one at a time. Zero, the default, means every reuse
+	// revokes the grant.
 	RefreshReuseGrace time.Duration
 
-	// AutoApprove skips the consent page: every authorization request from a
-	// valid client is approved for the authenticated user.
+	// AutoApprove skips the consent page for requests whose redirect is
+	// trusted: those of pre-registered clients (Clients) and those whose
+	// redirect URI is an http or https URL on a loopback host (127.0.0.1,
+	// [::1], localhost), which reaches the user's own machine. Such requests
+	// are approved for the authenticated user without a page. Requests of
+	// dynamically registered clients and Client ID Metadata Document clients
+	// to any other redirect URI still get the consent page: anyone can create
+	// such a client with a redirect URI of their choosing, and approving it
+	// unseen would send a user's code to whoever made the link they clicked.
 	AutoApprove bool
 
 	// Authenticate identifies the user of an authorization request. Nil
@@ -166,10 +183,14 @@ type Server struct {
 	scopes   []string
 	defaults []string
 
-	mu      sync.Mutex
-	pending map[string]*pendingAuth // consent requests by id
-	docs    map[string]cachedClient // Client ID Metadata Documents by URL
-	lastGC  time.Time
+	mu           sync.Mutex
+	pending      map[string]*pendingAuth // consent requests by id
+	pendingOrder list.List               // of pending ids, oldest first
+	maxPending   int
+	lastEvictLog time.Time
+	lastGC       time.Time
+
+	docs docCache // Client ID Metadata Documents
 }
 
 // New returns a Server for cfg.
@@ -185,14 +206,15 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("authserver: issuer %q must have no query or fragment (RFC 8414 §2)", cfg.Issuer)
 	}
 	s := &Server{
-		cfg:     cfg,
-		issuer:  iss,
-		prefix:  strings.TrimSuffix(iss.Path, "/"),
-		store:   cfg.Store,
-		log:     cfg.Logger,
-		now:     cfg.Now,
-		pending: map[string]*pendingAuth{},
-		docs:    map[string]cachedClient{},
+		cfg:        cfg,
+		issuer:     iss,
+		prefix:     strings.TrimSuffix(iss.Path, "/"),
+		store:      cfg.Store,
+		log:        cfg.Logger,
+		now:        cfg.Now,
+		pending:    map[string]*pendingAuth{},
+		maxPending: maxPending,
+		docs:       docCache{max: maxCachedDocuments},
 		fetch: &safefetch.Fetcher{
 			AllowLoopback: cfg.InsecureAllowLoopbackClientMetadata,
 			MaxBytes:      clientDocumentMaxBytes,
@@ -407,17 +429,9 @@ func (s *Server) gc(ctx context.Context) {
 		return
 	}
 	s.lastGC = now
-	for id, p := range s.pending {
-		if now.After(p.expires) {
-			delete(s.pending, id)
-		}
-	}
-	for u, d := range s.docs {
-		if now.After(d.expires) {
-			delete(s.docs, u)
-		}
-	}
+	s.dropExpiredPendingLocked(now)
 	s.mu.Unlock()
+	s.docs.dropExpired(now)
 	// Keep records a little past expiry so a late replay is still recognised.
 	if err := s.store.DeleteExpired(ctx, now.Add(-time.Hour)); err != nil {
 		s.log.Warn("delete expired state", "error", err)

@@ -90,7 +90,9 @@ type Code struct {
 }
 
 // RefreshToken is an issued refresh token, stored by the SHA-256 of its
-// value. RotatedAt is set once it has been exchanged for a successor.
+// value. RotatedAt and Successor are set once it has been exchanged for (or,
+// inside Config.RefreshReuseGrace, retired in favour of) a successor. Of the
+// refresh tokens of one grant, at most one is unrotated: the live one.
 type RefreshToken struct {
 	Hash      string
 	GrantID   string
@@ -99,6 +101,16 @@ type RefreshToken struct {
 	IssuedAt  time.Time
 	ExpiresAt time.Time
 	RotatedAt time.Time
+	// Successor is the hash of the token that replaced this one; set by
+	// RotateRefreshToken together with RotatedAt.
+	Successor string
+	// ReplacedUnused is set on a token issued for a reuse, inside
+	// Config.RefreshReuseGrace, of an already rotated token. The token it
+	// replaced (the one whose Successor it is) was issued but never
+	// exchanged: it was retired so that the grant keeps a single live
+	// refresh token. Whoever presents that retired token received it, while
+	// someone else replayed the token before it: the grant is revoked.
+	ReplacedUnused bool
 }
 
 // AccessToken is the record of an issued JWT access token, by its jti.
@@ -150,9 +162,9 @@ type Store interface {
 
 	SaveRefreshToken(ctx context.Context, t *RefreshToken) error
 	RefreshToken(ctx context.Context, hash string) (*RefreshToken, error)
-	// RotateRefreshToken marks the token oldHash rotated at "at" and saves
-	// next, atomically. If oldHash was already rotated it changes nothing
-	// and returns ErrRefreshTokenRotated.
+	// RotateRefreshToken marks the token oldHash rotated at "at", sets its
+	// Successor to next.Hash and saves next, atomically. If oldHash was
+	// already rotated it changes nothing and returns ErrRefreshTokenRotated.
 	RotateRefreshToken(ctx context.Context, oldHash string, at time.Time, next *RefreshToken) error
 
 	SaveAccessToken(ctx context.Context, t *AccessToken) error

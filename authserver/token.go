@@ -155,7 +155,8 @@ func (s *Server) exchangeCode(ctx context.Context, client *Client, r *http.Reque
 // refresh is the refresh token grant (RFC 6749 §6) with rotation: every use
 // returns a new refresh token and retires the old one. Presenting a retired
 // token again revokes the whole grant (RFC 9700 §4.14.2), unless it comes
-// within Config.RefreshReuseGrace of the rotation.
+// within Config.RefreshReuseGrace of the rotation and its successor was not
+// used yet: then the successor is retired in its place (see reused).
 func (s *Server) refresh(ctx context.Context, client *Client, r *http.Request, f faultState) (*oauth.TokenResponse, *oauth.Error) {
 	raw := r.PostForm.Get("refresh_token")
 	if raw == "" {
@@ -205,21 +206,79 @@ func (s *Server) refresh(ctx context.Context, client *Client, r *http.Request, f
 	return s.issue(ctx, client, g, scopes, rt, "refresh_token")
 }
 
-// reused decides about a refresh token that was already rotated.
+// reused decides about a refresh token that was already rotated. Inside
+// Config.RefreshReuseGrace it accepts the reuse when the token's successor
+// is still live and was really issued for it (not a retired one); issue then
+// retires that successor in favour of the token it mints, so the grant never
+// has more than one live refresh token. Anything else revokes the grant.
 func (s *Server) reused(ctx context.Context, rt *RefreshToken, now time.Time) *oauth.Error {
+	reason := "outside the grace window"
 	if g := s.cfg.RefreshReuseGrace; g > 0 && now.Sub(rt.RotatedAt) <= g {
-		s.log.Info("rotated refresh token reused within the grace window", "grant_id", rt.GrantID)
-		return nil
+		var e *oauth.Error
+		if reason, e = s.graceReuse(ctx, rt); e != nil {
+			return e
+		}
+		if reason == "" {
+			s.log.Info("rotated refresh token reused within the grace window; its successor is retired", "grant_id", rt.GrantID)
+			return nil
+		}
 	}
+	return s.revokeForReuse(ctx, rt, reason)
+}
+
+// graceReuse checks whether a reuse of rt inside the grace window may be
+// served: it returns "" if so, or why not.
+func (s *Server) graceReuse(ctx context.Context, rt *RefreshToken) (reason string, e *oauth.Error) {
+	if rt.Successor == "" {
+		return "no successor recorded", nil
+	}
+	succ, err := s.store.RefreshToken(ctx, rt.Successor)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return "the successor is gone", nil
+	case err != nil:
+		s.log.Error("load successor refresh token", "grant_id", rt.GrantID, "error", err)
+		return "", errServer
+	case succ.ReplacedUnused:
+		// rt was retired unused when its predecessor was replayed: two
+		// parties hold tokens of this grant.
+		return "the token was retired unused", nil
+	case !succ.RotatedAt.IsZero():
+		return "the successor was used already", nil
+	}
+	return "", nil
+}
+
+// retireSuccessor serves an accepted reuse of the rotated token prev: it
+// rotates prev's successor, which its holder never exchanged, into next.
+// If the successor was used meanwhile, the grant is revoked.
+func (s *Server) retireSuccessor(ctx context.Context, prev *RefreshToken, now time.Time, next *RefreshToken) *oauth.Error {
+	next.ReplacedUnused = true
+	err := s.store.RotateRefreshToken(ctx, prev.Successor, now, next)
+	switch {
+	case errors.Is(err, ErrRefreshTokenRotated), errors.Is(err, ErrNotFound):
+		return s.revokeForReuse(ctx, prev, "the successor was used meanwhile")
+	case err != nil:
+		s.log.Error("retire successor refresh token", "grant_id", prev.GrantID, "error", err)
+		return errServer
+	}
+	return nil
+}
+
+// revokeForReuse revokes the grant of a rotated refresh token that was
+// presented again (RFC 9700 §4.14.2).
+func (s *Server) revokeForReuse(ctx context.Context, rt *RefreshToken, reason string) *oauth.Error {
 	if err := s.store.RevokeGrant(ctx, rt.GrantID); err != nil && !errors.Is(err, ErrNotFound) {
 		s.log.Error("revoke grant after refresh token reuse", "grant_id", rt.GrantID, "error", err)
 	}
-	s.log.Warn("rotated refresh token reused; grant revoked", "client_id", clip(rt.ClientID), "grant_id", rt.GrantID)
+	s.log.Warn("rotated refresh token reused; grant revoked", "client_id", clip(rt.ClientID), "grant_id", rt.GrantID, "reason", reason)
 	return oauth.NewError(oauth.ErrorInvalidGrant, "the refresh token was already used; the grant is revoked")
 }
 
 // issue mints an access token and, when the client may refresh, a refresh
-// token. With prev set, prev is rotated to the new refresh token atomically.
+// token. With prev set and unrotated, prev is rotated to the new refresh
+// token atomically; with prev already rotated (a reuse that reused
+// accepted), prev's successor is retired in favour of the new token.
 func (s *Server) issue(ctx context.Context, client *Client, g *Grant, scopes []string, prev *RefreshToken, via string) (*oauth.TokenResponse, *oauth.Error) {
 	now := s.now()
 	ttl := s.cfg.AccessTokenTTL
@@ -245,23 +304,35 @@ func (s *Server) issue(ctx context.Context, client *Client, g *Grant, scopes []s
 			Hash: hashSecret(resp.RefreshToken), GrantID: g.ID, ClientID: client.ID, Scopes: g.Scopes,
 			IssuedAt: now, ExpiresAt: now.Add(s.cfg.RefreshTokenTTL),
 		}
-		var err error
+		var e *oauth.Error
 		switch {
-		case prev != nil && prev.RotatedAt.IsZero():
-			err = s.store.RotateRefreshToken(ctx, prev.Hash, now, next)
-			if errors.Is(err, ErrRefreshTokenRotated) {
-				// Lost a race with another use of the same token.
-				if prev.RotatedAt = now; s.reused(ctx, prev, now) != nil {
-					return nil, oauth.NewError(oauth.ErrorInvalidGrant, "the refresh token was already used; the grant is revoked")
-				}
-				err = s.store.SaveRefreshToken(ctx, next)
+		case prev == nil: // first issuance
+			if err := s.store.SaveRefreshToken(ctx, next); err != nil {
+				s.log.Error("save refresh token", "error", err)
+				e = errServer
 			}
-		default: // first issuance, or a reuse inside the grace window
-			err = s.store.SaveRefreshToken(ctx, next)
+		case prev.RotatedAt.IsZero():
+			err := s.store.RotateRefreshToken(ctx, prev.Hash, now, next)
+			if errors.Is(err, ErrRefreshTokenRotated) {
+				// Lost a race with another use of the same token: this use
+				// is a reuse, decided on like any other.
+				cur, lerr := s.store.RefreshToken(ctx, prev.Hash)
+				if lerr != nil {
+					s.log.Error("reload refresh token", "error", lerr)
+					return nil, errServer
+				}
+				if e = s.reused(ctx, cur, now); e == nil {
+					e = s.retireSuccessor(ctx, cur, now, next)
+				}
+			} else if err != nil {
+				s.log.Error("rotate refresh token", "error", err)
+				e = errServer
+			}
+		default: // a reuse inside the grace window, accepted by reused
+			e = s.retireSuccessor(ctx, prev, now, next)
 		}
-		if err != nil {
-			s.log.Error("save refresh token", "error", err)
-			return nil, errServer
+		if e != nil {
+			return nil, e
 		}
 	}
 

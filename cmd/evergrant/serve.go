@@ -19,7 +19,7 @@ import (
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	listen := fs.String("listen", "127.0.0.1:8400", "address to listen on; 127.0.0.1:0 picks a free port")
-	autoApprove := fs.Bool("auto-approve", false, "approve every authorization request without showing the consent page")
+	autoApprove := fs.Bool("auto-approve", false, "approve authorization requests without the consent page when the redirect URI is on loopback (native apps, the CLI) or the client is pre-registered; other clients still see it")
 	accessTTL := fs.Duration("access-token-ttl", authserver.DefaultAccessTokenTTL, "access token lifetime")
 	refreshTTL := fs.Duration("refresh-token-ttl", authserver.DefaultRefreshTokenTTL, "refresh token lifetime")
 	maxAge := fs.Duration("upstream-token-max-age", 0, "make the fake upstream API reject tokens older than this (0: no limit), to provoke the tool's expiry signal")
