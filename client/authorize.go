@@ -171,14 +171,23 @@ func (t *Transport) authorize(ctx context.Context, key string, ch oauth.BearerCh
 		AuthMethod: creds.authMethod(), Scopes: scopes,
 	}
 	t.apply(g, tr)
-	if err := t.store.Save(ctx, g); err != nil {
+	// Saved under the grant's lock, as a refresh saves (rule 7): a refresh
+	// in progress elsewhere finishes first and then finds this grant when
+	// it reloads, instead of overwriting it with the old grant's refresh.
+	// The lock is taken only now, after the interactive step.
+	unlock, err := t.store.Lock(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("lock grant: %w", err)
+	}
+	err = t.store.Save(ctx, g)
+	if err == nil {
+		// A new grant: failures remembered for the old one are over.
+		t.freshGrant(g)
+	}
+	unlock()
+	if err != nil {
 		return nil, fmt.Errorf("save grant: %w", err)
 	}
-	t.remember(g)
-	t.mu.Lock()
-	delete(t.reauthed, key)
-	delete(t.rejected, key)
-	t.mu.Unlock()
 	t.count(statAuthorizations)
 	t.log.Info("authorized", "grant_id", grantID(key), "server", key, "issuer", as.Issuer,
 		"scope", oauth.FormatScope(g.Scopes), "refresh_token", g.RefreshToken != "")

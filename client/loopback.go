@@ -27,7 +27,8 @@ type LoopbackAuthorizer struct {
 	srv      *http.Server
 	mu       sync.Mutex
 	waiting  map[string]chan url.Values // by state
-	once     sync.Once
+	serving  bool                       // srv serves ln; guarded by mu
+	closed   bool                       // Close was called; guarded by mu
 }
 
 // NewLoopbackAuthorizer listens on addr (for example "127.0.0.1:0" for a
@@ -58,8 +59,20 @@ func NewLoopbackAuthorizer(addr string) (*LoopbackAuthorizer, error) {
 func (a *LoopbackAuthorizer) RedirectURI() string { return a.redirect }
 
 // Close stops the listener, letting a response being written (the
-// "Signed in" page) finish for up to two seconds.
+// "Signed in" page) finish for up to two seconds. An Authorize after Close
+// fails.
 func (a *LoopbackAuthorizer) Close() error {
+	a.mu.Lock()
+	closed, serving := a.closed, a.serving
+	a.closed = true
+	a.mu.Unlock()
+	if closed {
+		return nil
+	}
+	if !serving {
+		// Authorize never ran: the server never took the listener over.
+		return a.ln.Close()
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	if err := a.srv.Shutdown(ctx); err != nil {
@@ -102,7 +115,16 @@ func (a *LoopbackAuthorizer) callback(w http.ResponseWriter, r *http.Request) {
 // Authorize implements Authorizer: it shows authURL and waits for the
 // redirect whose state matches the one in authURL.
 func (a *LoopbackAuthorizer) Authorize(ctx context.Context, authURL string) (url.Values, error) {
-	a.once.Do(func() { go a.srv.Serve(a.ln) })
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return nil, errors.New("loopback authorizer: closed")
+	}
+	if !a.serving {
+		a.serving = true
+		go a.srv.Serve(a.ln)
+	}
+	a.mu.Unlock()
 	u, err := url.Parse(authURL)
 	if err != nil {
 		return nil, err

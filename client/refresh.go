@@ -21,25 +21,151 @@ import (
 // timeout, detached from the callers' contexts, because a refresh token the
 // server consumed must not be lost to one caller's cancellation; each caller
 // waits only as long as its own context allows.
+//
+// The hooks of the refresh run after it, outside the flight, in the
+// goroutine of the caller that started it: the other callers have their
+// result by then and do not wait for them.
 func (t *Transport) refreshGrant(ctx context.Context, key, failed string, proactive bool) (*store.Grant, error) {
-	flight := key + "\x00" + tokenHash(failed)
-	ch := t.refresh.DoChan(flight, func() (any, error) {
+	g, hooks, err := t.refreshFlight(ctx, key, failed, proactive)
+	t.runHooks(hooks)
+	return g, err
+}
+
+// flightResult is what a refresh flight delivers to its callers.
+type flightResult struct {
+	g     *store.Grant
+	err   error
+	hooks *later
+	owner *int // identifies the call that started the flight
+}
+
+// refreshFlight starts or joins the refresh flight of key's grant away from
+// the access token failed. It returns the hooks of the refresh (to run once
+// the caller is ready) only to the caller that started the flight; if that
+// caller gives up, a background goroutine runs them when the flight ends.
+func (t *Transport) refreshFlight(ctx context.Context, key, failed string, proactive bool) (*store.Grant, *later, error) {
+	me := new(int)
+	ch := t.refresh.DoChan(flightKey(key, failed), func() (any, error) {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), t.cfg.RefreshTimeout)
 		defer cancel()
 		l := &later{}
 		g, err := t.refreshLocked(rctx, key, failed, proactive, l)
-		l.run() // hooks run once the grant's lock is released
-		return g, err
+		return &flightResult{g: g, err: err, hooks: l, owner: me}, nil
 	})
 	select {
 	case r := <-ch:
-		if r.Err != nil {
-			return nil, r.Err
+		fr := r.Val.(*flightResult)
+		var hooks *later
+		if fr.owner == me {
+			hooks = fr.hooks
 		}
-		return r.Val.(*store.Grant).Clone(), nil
+		if fr.err != nil {
+			return nil, hooks, fr.err
+		}
+		return fr.g.Clone(), hooks, nil
+	case <-ctx.Done():
+		t.bg.add()
+		go func() {
+			defer t.bg.done()
+			if fr := (<-ch).Val.(*flightResult); fr.owner == me {
+				t.runHooks(fr.hooks)
+			}
+		}()
+		return nil, nil, ctx.Err()
+	}
+}
+
+func flightKey(key, failed string) string { return key + "\x00" + tokenHash(failed) }
+
+// pendingRefresh is the refresh a request started or joined before it was
+// sent (rule 8): running in the background, or finished.
+type pendingRefresh struct {
+	done chan struct{} // closed when g and err are set
+	g    *store.Grant
+	err  error
+}
+
+// finishedRefresh is a pendingRefresh that gave g.
+func finishedRefresh(g *store.Grant) *pendingRefresh {
+	p := &pendingRefresh{done: make(chan struct{}), g: g}
+	close(p.done)
+	return p
+}
+
+// wait returns the refresh's result, waiting for it as long as ctx allows.
+func (p *pendingRefresh) wait(ctx context.Context) (*store.Grant, error) {
+	select {
+	case <-p.done:
+		if p.err != nil {
+			return nil, p.err
+		}
+		return p.g.Clone(), nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+}
+
+// refreshInBackground starts a proactive refresh of key's grant away from
+// the still valid access token failed, or joins the one running, without
+// waiting for it. The refresh is the same single flight as any other; its
+// hooks run in the background goroutine after the result is delivered.
+func (t *Transport) refreshInBackground(ctx context.Context, key, failed string) *pendingRefresh {
+	flight := flightKey(key, failed)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if p := t.pending[flight]; p != nil {
+		return p
+	}
+	p := &pendingRefresh{done: make(chan struct{})}
+	t.pending[flight] = p
+	t.bg.add()
+	go func() {
+		defer t.bg.done()
+		// Detached from the request, which may end first; the refresh is
+		// bounded by RefreshTimeout.
+		g, hooks, err := t.refreshFlight(context.WithoutCancel(ctx), key, failed, true)
+		t.mu.Lock()
+		delete(t.pending, flight)
+		p.g, p.err = g, err
+		t.mu.Unlock()
+		close(p.done)
+		t.runHooks(hooks)
+	}()
+	return p
+}
+
+// proactiveAllowed reports whether a proactive refresh of key's grant may
+// start now: not while the backoff after an unavailable one lasts.
+func (t *Transport) proactiveAllowed(key string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	b, ok := t.backoff[key]
+	return !ok || !t.now().Before(b.until)
+}
+
+// refreshUnavailable holds proactive refreshes of key's grant back, for
+// RefreshBackoff after the first failure, doubling after each further one.
+func (t *Transport) refreshUnavailable(key string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	d := t.cfg.RefreshBackoff
+	if b, ok := t.backoff[key]; ok {
+		d = min(2*b.delay, max(MaxRefreshBackoff, t.cfg.RefreshBackoff))
+	}
+	t.backoff[key] = backoffState{until: t.now().Add(d), delay: d}
+}
+
+func (t *Transport) clearBackoff(key string) {
+	t.mu.Lock()
+	delete(t.backoff, key)
+	t.mu.Unlock()
+}
+
+// saveContext is the context a grant is saved with once the token
+// endpoint has answered: detached from the refresh's deadline, which may
+// pass between the answer and the save, with a short timeout of its own.
+func saveContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), saveTimeout)
 }
 
 // refreshLocked is the lock, reload, refresh-if-needed, save protocol.
@@ -60,7 +186,8 @@ func (t *Transport) refreshLocked(ctx context.Context, key, failed string, proac
 	// Someone else refreshed (or signed in) since this token was sent: use
 	// their result without a new grant (rule 7).
 	if g.AccessToken != "" && g.AccessToken != failed && !(proactive && t.expiresSoon(g)) {
-		t.remember(g)
+		t.adopt(g)
+		t.clearBackoff(key)
 		return g, nil
 	}
 	if g.RefreshToken == "" {
@@ -74,6 +201,10 @@ func (t *Transport) refreshLocked(ctx context.Context, key, failed string, proac
 		"refresh_token": {g.RefreshToken},
 	})
 	ev := RefreshEvent{Server: key, GrantID: grantID(key), Proactive: proactive, Latency: t.now().Sub(start)}
+	// The token endpoint has answered: what it said is saved even if the
+	// refresh's deadline passes now.
+	sctx, cancel := saveContext(ctx)
+	defer cancel()
 	var oe *oauth.Error
 	switch {
 	case errors.As(err, &oe) && rejectsRefresh(oe.Status()):
@@ -86,18 +217,19 @@ func (t *Transport) refreshLocked(ctx context.Context, key, failed string, proac
 			g.AccessToken, g.Expiry = "", time.Time{}
 		}
 		g.UpdatedAt = t.now()
-		if serr := t.store.Save(ctx, g); serr != nil {
+		if serr := t.store.Save(sctx, g); serr != nil {
 			t.log.Error("save grant after refused refresh", "grant_id", ev.GrantID, "error", serr)
 		}
 		if oe.Code == oauth.ErrorInvalidClient {
 			// The authorization server no longer knows this client (it was
 			// reset, or the registration expired): forget the registration,
 			// so the next sign-in registers again instead of failing.
-			if derr := t.store.DeleteRegistration(ctx, g.Issuer, g.ClientID); derr != nil {
+			if derr := t.store.DeleteRegistration(sctx, g.Issuer, g.ClientID); derr != nil {
 				t.log.Error("forget stale registration", "grant_id", ev.GrantID, "error", derr)
 			}
 		}
 		t.remember(g)
+		t.clearBackoff(key)
 		ev.Outcome, ev.Err = "rejected", oe
 		t.refreshed(l, ev)
 		return nil, t.needsReauthLater(l, key, g, ReasonRefreshRejected, oe)
@@ -110,6 +242,7 @@ func (t *Transport) refreshLocked(ctx context.Context, key, failed string, proac
 		} else if errors.As(err, &se) {
 			ue.StatusCode = se.status
 		}
+		t.refreshUnavailable(key)
 		ev.Outcome, ev.Err = "unavailable", ue
 		t.refreshed(l, ev)
 		return nil, ue
@@ -118,8 +251,8 @@ func (t *Transport) refreshLocked(ctx context.Context, key, failed string, proac
 	// keeps the old one. The grant is saved before anyone retries.
 	ev.Rotated = resp.RefreshToken != "" && resp.RefreshToken != g.RefreshToken
 	t.apply(g, resp)
-	if err := t.store.Save(ctx, g); err != nil {
-		if err = t.store.Save(ctx, g); err != nil {
+	if err := t.store.Save(sctx, g); err != nil {
+		if err = t.store.Save(sctx, g); err != nil {
 			// The new tokens are good but not saved: use them in this process
 			// and report it (other processes still hold the consumed refresh
 			// token, so their next refresh will fail).
@@ -127,7 +260,8 @@ func (t *Transport) refreshLocked(ctx context.Context, key, failed string, proac
 			ev.Err = fmt.Errorf("the refreshed grant could not be saved: %w", err)
 		}
 	}
-	t.remember(g)
+	// A successful refresh: failures remembered for the grant are over.
+	t.freshGrant(g)
 	ev.Outcome = "ok"
 	t.refreshed(l, ev)
 	return g, nil
@@ -145,7 +279,7 @@ func (t *Transport) refreshed(l *later, ev RefreshEvent) {
 	}
 	t.log.Info("refresh", "grant_id", ev.GrantID, "server", ev.Server, "outcome", ev.Outcome,
 		"rotated", ev.Rotated, "proactive", ev.Proactive, "latency", ev.Latency, "error", errString(ev.Err))
-	l.do(func() {
+	t.hook(l, "OnRefresh", func() {
 		t.emit(Event{Kind: EventRefresh, Server: ev.Server, Refresh: &ev, Err: ev.Err})
 		if t.cfg.OnRefresh != nil {
 			t.cfg.OnRefresh(ev)

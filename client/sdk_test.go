@@ -200,7 +200,7 @@ func TestSDK_Rule8_ProactiveRefreshAcrossExpiry(t *testing.T) {
 			t.Parallel()
 			// Margin 800 ms (jittered up to 960 ms), lifetime 2 s: a fresh
 			// token is sent as is; one within 400 ms of expiry is
-			// refreshed before it is sent.
+			// refreshed ahead of its expiry.
 			st := sdkStack(t, 2*time.Second, m.stateless, nil)
 			tr, _ := sdkTransport(client.Config{RefreshMargin: 800 * time.Millisecond})
 			cs := sdkConnect(t, st, tr, m.proto, 0)
@@ -212,6 +212,12 @@ func TestSDK_Rule8_ProactiveRefreshAcrossExpiry(t *testing.T) {
 				waitUntilBeforeExpiry(t, tr, st.URL, 400*time.Millisecond)
 				if err := sdkEcho(t.Context(), cs, fmt.Sprintf("near expiry %d", i+1)); err != nil {
 					t.Fatalf("near expiry %d: %v", i+1, err)
+				}
+				// The token was still valid: the refresh it started runs
+				// in the background. Let it finish before reading the
+				// next expiry.
+				if err := tr.Wait(t.Context()); err != nil {
+					t.Fatal(err)
 				}
 			}
 			if got := st.Refreshes() - refreshes; got != 2 {

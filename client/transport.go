@@ -19,6 +19,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -37,7 +38,20 @@ const (
 	DefaultRefreshTimeout  = 30 * time.Second
 	DefaultMaxBufferedBody = 4 << 20
 	DefaultHTTPTimeout     = 30 * time.Second
+	// DefaultRefreshBackoff is how long, after a proactive refresh found the
+	// authorization server unavailable, no other proactive refresh of the
+	// grant starts; it doubles with each such failure up to
+	// MaxRefreshBackoff.
+	DefaultRefreshBackoff = 5 * time.Second
+	// MaxRefreshBackoff caps that doubling (unless RefreshBackoff is
+	// larger).
+	MaxRefreshBackoff = time.Minute
 )
+
+// saveTimeout bounds the save of a grant after a token endpoint answered:
+// the save runs detached from the refresh's deadline, so a rotated refresh
+// token is not lost to it.
+const saveTimeout = 10 * time.Second
 
 // maxAuthResponse bounds every response read from an authorization server.
 const maxAuthResponse = 1 << 20
@@ -72,7 +86,20 @@ type Config struct {
 	// RefreshMargin: an access token expiring within this margin
 	// (jittered by up to a fifth) is refreshed before it is sent. Zero
 	// means DefaultRefreshMargin; negative disables proactive refresh.
+	//
+	// A request whose token is still valid does not wait for that refresh:
+	// it starts in the background (still one per grant) and the request
+	// goes out with the current token. Only a request whose token has
+	// already expired waits for it. Call Wait before the process exits so
+	// that a background refresh's result is saved.
 	RefreshMargin time.Duration
+	// RefreshBackoff: after a proactive refresh found the authorization
+	// server unavailable (rule 4), no other proactive refresh of that grant
+	// starts for this long, doubling with each further failure up to
+	// MaxRefreshBackoff (or RefreshBackoff, if larger). A refresh after a
+	// 401, or before sending an expired token, is not held back. Zero means
+	// DefaultRefreshBackoff.
+	RefreshBackoff time.Duration
 	// RefreshTimeout bounds one refresh, independently of the callers'
 	// contexts. Zero means DefaultRefreshTimeout.
 	RefreshTimeout time.Duration
@@ -81,11 +108,25 @@ type Config struct {
 	MaxBufferedBody int64
 
 	// OnRefresh is called after every refresh attempt.
+	//
+	// Hook contract (OnRefresh, OnNeedsReauth and the refresh and
+	// needs-reauth events of OnEvent): a hook about a refresh runs after
+	// the refresh is over, once the grant's lock is released and every
+	// request waiting for that refresh has its result; it runs in the
+	// goroutine of the request that started the refresh (which it delays,
+	// and only that one), or in a background goroutine of the Transport for
+	// a proactive refresh no request waits for. Hooks may be called
+	// concurrently. A panic in a hook is recovered and logged; it does not
+	// fail the request.
 	OnRefresh func(RefreshEvent)
-	// OnNeedsReauth is called once per grant when it becomes unusable.
+	// OnNeedsReauth is called once per grant when it becomes unusable: it
+	// is called again only after the grant was refreshed successfully or
+	// replaced by a new sign-in. See OnRefresh for when and where it runs.
 	OnNeedsReauth func(*NeedsReauthError)
 	// OnEvent receives every event of the Transport, for timelines and
-	// metrics. It must not block.
+	// metrics. It must not block: most events are delivered in the
+	// goroutine of the request they belong to, while it is being served.
+	// See OnRefresh for refresh events.
 	OnEvent func(Event)
 
 	// Logger receives one record per refresh and authorization, never with
@@ -179,8 +220,18 @@ type Transport struct {
 	cache     map[string]*store.Grant     // last known grant by key
 	rejected  map[string]string           // key -> hash of an access token rejected after refresh
 	reauthed  map[string]bool             // key -> OnNeedsReauth fired for the current grant
+	backoff   map[string]backoffState     // key -> proactive refresh held back after "unavailable"
+	pending   map[string]*pendingRefresh  // flight -> refresh running in the background
 	discovery map[string]*discovered      // key -> discovery result
 	stats     struct{ a [7]atomic.Int64 } // in Stats field order
+
+	bg tracker // background goroutines (refreshes and their hooks)
+}
+
+// backoffState holds proactive refreshes of a grant back until until.
+type backoffState struct {
+	until time.Time
+	delay time.Duration
 }
 
 // NewTransport returns a Transport for cfg.
@@ -194,6 +245,8 @@ func NewTransport(cfg Config) *Transport {
 		cache:     map[string]*store.Grant{},
 		rejected:  map[string]string{},
 		reauthed:  map[string]bool{},
+		backoff:   map[string]backoffState{},
+		pending:   map[string]*pendingRefresh{},
 		discovery: map[string]*discovered{},
 	}
 	if t.base == nil {
@@ -213,6 +266,9 @@ func NewTransport(cfg Config) *Transport {
 	}
 	if t.cfg.RefreshTimeout <= 0 {
 		t.cfg.RefreshTimeout = DefaultRefreshTimeout
+	}
+	if t.cfg.RefreshBackoff <= 0 {
+		t.cfg.RefreshBackoff = DefaultRefreshBackoff
 	}
 	if t.cfg.MaxBufferedBody <= 0 {
 		t.cfg.MaxBufferedBody = DefaultMaxBufferedBody
@@ -251,8 +307,80 @@ func (t *Transport) count(i int) { t.stats.a[i].Add(1) }
 func (t *Transport) emit(e Event) {
 	if t.cfg.OnEvent != nil {
 		e.Time = t.now()
-		t.cfg.OnEvent(e)
+		t.callHook("OnEvent", func() { t.cfg.OnEvent(e) })
 	}
+}
+
+// callHook calls a user hook, recovering and logging a panic in it.
+func (t *Transport) callHook(name string, f func()) {
+	defer func() {
+		if v := recover(); v != nil {
+			t.log.Error("hook panicked", "hook", name, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+		}
+	}()
+	f()
+}
+
+// Wait waits until the work the Transport does in the background (a
+// proactive refresh started for a request that did not wait for it, and
+// the hooks of a refresh its caller gave up on) is over, or ctx is done.
+// Each refresh is bounded by RefreshTimeout. A process that exits soon
+// after its last request should call it: a refresh the authorization
+// server answered must be saved, or a rotated refresh token is lost.
+func (t *Transport) Wait(ctx context.Context) error {
+	select {
+	case <-t.bg.idle():
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// CloseIdleConnections closes the idle connections of Base when it has
+// that method (http.Client.CloseIdleConnections calls it). It does not
+// stop a refresh in progress, which has its own timeout; see Wait.
+func (t *Transport) CloseIdleConnections() {
+	if c, ok := t.base.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
+}
+
+// tracker counts goroutines; idle is closed when there are none. Unlike a
+// sync.WaitGroup it may be waited on while goroutines start.
+type tracker struct {
+	mu sync.Mutex
+	n  int
+	ch chan struct{} // closed when n drops to 0; nil while n is 0
+}
+
+func (k *tracker) add() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.n == 0 {
+		k.ch = make(chan struct{})
+	}
+	k.n++
+}
+
+func (k *tracker) done() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	k.n--
+	if k.n == 0 {
+		close(k.ch)
+		k.ch = nil
+	}
+}
+
+func (k *tracker) idle() <-chan struct{} {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.n == 0 {
+		ch := make(chan struct{})
+		close(ch)
+		return ch
+	}
+	return k.ch
 }
 
 // ServerKey returns the key grants for an MCP server URL are stored under:
@@ -318,6 +446,33 @@ func (t *Transport) remember(g *store.Grant) {
 	t.mu.Lock()
 	t.cache[g.Key] = g.Clone()
 	t.mu.Unlock()
+}
+
+// freshGrant caches a grant just obtained (by a refresh or a sign-in) and
+// clears what this Transport remembered of the grant's failures: the
+// rejected-after-refresh marker, the once-per-grant needs-reauth flag and
+// the proactive refresh backoff. A later failure is handled anew.
+func (t *Transport) freshGrant(g *store.Grant) {
+	t.mu.Lock()
+	t.cache[g.Key] = g.Clone()
+	delete(t.rejected, g.Key)
+	delete(t.reauthed, g.Key)
+	delete(t.backoff, g.Key)
+	t.mu.Unlock()
+}
+
+// accepted forgets the rejected-after-refresh marker of token when the
+// server accepted it after all (a passing failure of the server): a later
+// 401 for it is a new failure, refreshed again.
+func (t *Transport) accepted(key, token string, status int) {
+	if token == "" || status >= 400 {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if h, ok := t.rejected[key]; ok && h == tokenHash(token) {
+		delete(t.rejected, key)
+	}
 }
 
 // body is a request body that can be sent more than once.
@@ -395,9 +550,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		err = oauth.CheckEndpointURL(key)
 	}
 	if err != nil {
-		if req.Body != nil {
-			req.Body.Close()
-		}
+		closeBody(req)
 		return nil, err
 	}
 	b, req, err := t.prepareBody(req)
@@ -406,23 +559,32 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	g, err := t.currentGrant(ctx, key)
 	if err != nil {
-		if req.Body != nil {
-			req.Body.Close()
-		}
+		closeBody(req)
 		return nil, err
 	}
 	// Rule 8: refresh a token that is about to expire before sending it.
+	// prior is that refresh: the one refresh of this logical request
+	// (rule 5), which a 401 then waits for instead of starting another.
+	var prior *pendingRefresh
 	if g != nil && g.RefreshToken != "" && t.expiresSoon(g) {
-		if ng, err := t.refreshGrant(ctx, key, g.AccessToken, true); err == nil {
-			g = ng
-		} else if ctx.Err() != nil {
-			if req.Body != nil {
-				req.Body.Close()
+		if !t.now().Before(g.Expiry) {
+			// Expired: the request cannot succeed without the refresh, so
+			// it waits. A refusal (rule 3) or an unavailable authorization
+			// server (rule 4) is this request's answer; the dead token is
+			// not sent.
+			ng, err := t.refreshGrant(ctx, key, g.AccessToken, true)
+			if err != nil {
+				closeBody(req)
+				return nil, err
 			}
-			return nil, ctx.Err()
+			g = ng
+			prior = finishedRefresh(ng)
+		} else if t.proactiveAllowed(key) {
+			// Still valid: refresh in the background and send the current
+			// token; a slow or failing token endpoint does not hold the
+			// request up.
+			prior = t.refreshInBackground(ctx, key, g.AccessToken)
 		}
-		// Otherwise go on with the current token: it may still be good, and
-		// if it is not, the 401 path reports the failure.
 	}
 	token := ""
 	if g != nil {
@@ -433,11 +595,18 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		return nil, err
 	}
-	return t.handle(ctx, req, b, key, g, token, resp)
+	t.accepted(key, token, resp.StatusCode)
+	return t.handle(ctx, req, b, key, g, token, prior, resp)
+}
+
+func closeBody(req *http.Request) {
+	if req.Body != nil {
+		req.Body.Close()
+	}
 }
 
 // handle decides what to do with the first answer to a request.
-func (t *Transport) handle(ctx context.Context, req *http.Request, b body, key string, g *store.Grant, token string, resp *http.Response) (*http.Response, error) {
+func (t *Transport) handle(ctx context.Context, req *http.Request, b body, key string, g *store.Grant, token string, prior *pendingRefresh, resp *http.Response) (*http.Response, error) {
 	switch resp.StatusCode {
 	case http.StatusUnauthorized:
 		t.count(statUnauthorized)
@@ -449,7 +618,7 @@ func (t *Transport) handle(ctx context.Context, req *http.Request, b body, key s
 		noRefresh := g == nil || g.RefreshToken == ""
 		switch {
 		case token != "" && ch.Error == oauth.ErrorInvalidToken && !noRefresh:
-			return t.refreshAndRetry(ctx, req, b, key, g, token, resp)
+			return t.refreshAndRetry(ctx, req, b, key, g, token, prior, resp)
 		case token != "" && noRefresh && t.cfg.Authorizer != nil && (ch.Error == "" || ch.Error == oauth.ErrorInvalidToken):
 			// Nothing to refresh with: sign in again (rule 6, last part),
 			// rediscovering from this challenge (the resource may have moved
@@ -459,7 +628,7 @@ func (t *Transport) handle(ctx context.Context, req *http.Request, b body, key s
 		case token != "" && ch.Error == oauth.ErrorInvalidToken:
 			// Reload under the lock: another process may hold a refresh
 			// token; else needs_reauth (no_refresh_token).
-			return t.refreshAndRetry(ctx, req, b, key, g, token, resp)
+			return t.refreshAndRetry(ctx, req, b, key, g, token, nil, resp)
 		case token != "":
 			// Rule 6: no refresh on a 401 without error or with another
 			// error; the answer goes back as it is.
@@ -479,7 +648,10 @@ func (t *Transport) handle(ctx context.Context, req *http.Request, b body, key s
 		if g != nil {
 			granted = g.Scopes
 		}
-		if t.cfg.Authorizer == nil || !b.replayable {
+		// Only a POST may start a step-up sign-in (see authorizeAndRetry):
+		// for the event stream (GET) or a DELETE the answer is the scope
+		// error itself, not a needs-reauth.
+		if t.cfg.Authorizer == nil || !b.replayable || req.Method != http.MethodPost {
 			discard(resp)
 			return nil, &InsufficientScopeError{Server: key, Required: ch.Scope, Granted: granted, Description: ch.ErrorDescription}
 		}
@@ -507,8 +679,10 @@ func (t *Transport) handle(ctx context.Context, req *http.Request, b body, key s
 	return resp, nil
 }
 
-// refreshAndRetry is rules 1, 2 and 5: one refresh, one retry.
-func (t *Transport) refreshAndRetry(ctx context.Context, req *http.Request, b body, key string, g *store.Grant, token string, resp *http.Response) (*http.Response, error) {
+// refreshAndRetry is rules 1, 2 and 5: one refresh, one retry. prior, when
+// set, is the refresh this request already started or joined before it was
+// sent (rule 8); it is the request's one refresh, and no other is started.
+func (t *Transport) refreshAndRetry(ctx context.Context, req *http.Request, b body, key string, g *store.Grant, token string, prior *pendingRefresh, resp *http.Response) (*http.Response, error) {
 	discard(resp)
 	t.mu.Lock()
 	rejected := t.rejected[key] == tokenHash(token)
@@ -523,11 +697,25 @@ func (t *Transport) refreshAndRetry(ctx context.Context, req *http.Request, b bo
 		}
 		return nil, t.needsReauth(key, g, ReasonRejectedAfterRefresh, nil)
 	}
-	// With no refresh token in the cached grant, refreshGrant still reloads
-	// under the lock: another process may have refreshed or signed in.
-	ng, err := t.refreshGrant(ctx, key, token, false)
-	if err != nil {
-		return nil, err
+	var ng *store.Grant
+	var err error
+	if prior != nil {
+		// The refresh before sending: its failure is this request's
+		// answer (rule 5: no second refresh).
+		if ng, err = prior.wait(ctx); err != nil {
+			return nil, err
+		}
+		if ng.AccessToken == token {
+			// The token the refresh gave was sent, and rejected.
+			return nil, t.rejectedAfterRefresh(key, ng)
+		}
+	} else {
+		// With no refresh token in the cached grant, refreshGrant still
+		// reloads under the lock: another process may have refreshed or
+		// signed in.
+		if ng, err = t.refreshGrant(ctx, key, token, false); err != nil {
+			return nil, err
+		}
 	}
 	t.count(statRetries)
 	t.emit(Event{Kind: EventRetry, Server: key, Method: req.Method, Request: req})
@@ -535,19 +723,27 @@ func (t *Transport) refreshAndRetry(ctx context.Context, req *http.Request, b bo
 	if err != nil {
 		return nil, err
 	}
+	t.accepted(key, ng.AccessToken, r2.StatusCode)
 	if r2.StatusCode == http.StatusUnauthorized {
 		t.count(statUnauthorized)
 		ch, _ := oauth.ParseBearerChallenge(r2.Header)
 		t.emit(Event{Kind: EventUnauthorized, Server: key, Method: req.Method, Request: req, Status: r2.StatusCode, Challenge: strings.Join(r2.Header.Values("WWW-Authenticate"), ", ")})
 		if ch.Error == oauth.ErrorInvalidToken {
 			discard(r2)
-			t.mu.Lock()
-			t.rejected[key] = tokenHash(ng.AccessToken)
-			t.mu.Unlock()
-			return nil, t.needsReauth(key, ng, ReasonRejectedAfterRefresh, nil)
+			return nil, t.rejectedAfterRefresh(key, ng)
 		}
 	}
 	return r2, nil
+}
+
+// rejectedAfterRefresh marks ng's access token, which a refresh gave and
+// the server rejected, so no later request refreshes for it (rule 5), and
+// returns the error.
+func (t *Transport) rejectedAfterRefresh(key string, ng *store.Grant) *NeedsReauthError {
+	t.mu.Lock()
+	t.rejected[key] = tokenHash(ng.AccessToken)
+	t.mu.Unlock()
+	return t.needsReauth(key, ng, ReasonRejectedAfterRefresh, nil)
 }
 
 // authorizeAndRetry runs the interactive authorization (if configured) and
@@ -590,6 +786,7 @@ func (t *Transport) retry(ctx context.Context, req *http.Request, b body, key st
 	if err != nil {
 		return nil, err
 	}
+	t.accepted(key, g.AccessToken, r2.StatusCode)
 	if r2.StatusCode == http.StatusUnauthorized {
 		t.count(statUnauthorized)
 		discard(r2)
@@ -604,23 +801,34 @@ func (t *Transport) needsReauth(key string, g *store.Grant, reason string, oe *o
 	return t.needsReauthLater(nil, key, g, reason, oe)
 }
 
-// later collects the calls of user hooks made while a grant's lock is
-// held, so they run after it is released: a hook that waits for a person
-// must not hold up every process's refresh of the grant.
-type later struct{ fns []func() }
+// later collects the calls of user hooks made during a refresh, so they
+// run after it: after the grant's lock is released (a hook that waits for
+// a person must not hold up every process's refresh of the grant) and
+// after the requests waiting for the refresh have its result.
+type later struct{ fns []namedHook }
 
-// do runs f now when l is nil, else queues it.
-func (l *later) do(f func()) {
-	if l == nil {
-		f()
-		return
-	}
-	l.fns = append(l.fns, f)
+type namedHook struct {
+	name string
+	f    func()
 }
 
-func (l *later) run() {
-	for _, f := range l.fns {
-		f()
+// hook runs f (a call of user hooks) now, recovering a panic, when l is
+// nil; else it queues it on l.
+func (t *Transport) hook(l *later, name string, f func()) {
+	if l == nil {
+		t.callHook(name, f)
+		return
+	}
+	l.fns = append(l.fns, namedHook{name, f})
+}
+
+// runHooks runs the hooks queued on l (nil: none), each recovered.
+func (t *Transport) runHooks(l *later) {
+	if l == nil {
+		return
+	}
+	for _, h := range l.fns {
+		t.callHook(h.name, h.f)
 	}
 }
 
@@ -642,7 +850,7 @@ func (t *Transport) needsReauthLater(l *later, key string, g *store.Grant, reaso
 	if fire {
 		t.log.Warn("grant needs a new authorization", "grant_id", grantID(key), "server", key, "reason", reason, "error_code", e.ErrorCode)
 	}
-	l.do(func() {
+	t.hook(l, "OnNeedsReauth", func() {
 		t.emit(Event{Kind: EventNeedsReauth, Server: key, Err: e})
 		if fire && t.cfg.OnNeedsReauth != nil {
 			t.cfg.OnNeedsReauth(e)

@@ -160,7 +160,15 @@ func bridgeMain(ctx context.Context, args []string, stdin io.Reader, stdout, std
 		},
 	})
 	b := newBridge(ctx, serverURL, g.configDir, logger, stdout, tr)
-	return b.run(stdin)
+	code = b.run(stdin)
+	// A refresh still running in the background must be saved before the
+	// process exits, or a rotated refresh token is lost.
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), sessionWaitTimeout)
+	defer cancel()
+	if err := tr.Wait(wctx); err != nil {
+		logger.Warn("exiting while a refresh is still running; its result may be lost", "error", err)
+	}
+	return code
 }
 
 // bridge forwards messages between a host on stdio and a remote MCP server.

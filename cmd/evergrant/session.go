@@ -17,6 +17,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
@@ -154,6 +155,21 @@ func connectSession(ctx context.Context, serverURL string, cfg sessionConfig) (*
 		return nil, rec.Err(err)
 	}
 	return &session{ClientSession: cs, Transport: tr, Recorder: rec}, nil
+}
+
+// sessionWaitTimeout bounds how long a command waits, when it is done, for
+// a refresh the Transport started in the background.
+const sessionWaitTimeout = 10 * time.Second
+
+// Close ends the MCP session, then waits (at most sessionWaitTimeout) for
+// a refresh the Transport runs in the background, so that a refresh token
+// the authorization server rotated is saved before the command exits.
+func (s *session) Close() error {
+	err := s.ClientSession.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), sessionWaitTimeout)
+	defer cancel()
+	s.Transport.Wait(ctx)
+	return err
 }
 
 // Err returns err with the NeedsReauthError the session recorded, if any,

@@ -237,6 +237,11 @@ func (sc *scenario) transport() *client.Transport {
 func (sc *scenario) run(ctx context.Context) error {
 	tr := sc.transport()
 	defer func() {
+		// A refresh running in the background finishes (and is counted)
+		// before the stats and the exit.
+		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		tr.Wait(wctx)
 		s := tr.Stats()
 		sc.log.Info("transport stats", "requests", s.Requests, "unauthorized", s.Unauthorized,
 			"authorizations", s.Authorizations, "refreshes", s.Refreshes, "retries", s.Retries,

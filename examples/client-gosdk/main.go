@@ -93,6 +93,9 @@ func start(ctx context.Context, serverURL string) int {
 // code.
 func run(ctx context.Context, serverURL string, cfg client.Config, stdout, stderr io.Writer) int {
 	t := client.NewTransport(cfg)
+	// Runs last: a refresh the Transport started in the background must be
+	// saved before the program exits, or a rotated refresh token is lost.
+	defer t.Wait(context.WithoutCancel(ctx))
 	rec := client.NewReauthRecorder(t)
 
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute) // room for the sign-in
