@@ -168,6 +168,11 @@ func (v *IntrospectionVerifier) Verify(ctx context.Context, token string) (*Toke
 	// it does not stop when this caller's ctx does (it has its own timeout).
 	detached := context.WithoutCancel(ctx)
 	ch := v.sf.DoChan(string(key[:]), func() (any, error) {
+		// A flight that ended between our cache miss and DoChan has
+		// cached its answer: use it rather than ask again.
+		if info := v.cache.get(key, v.now()); info != nil {
+			return info, nil
+		}
 		return v.introspect(detached, token, key)
 	})
 	select {

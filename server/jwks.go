@@ -38,6 +38,9 @@ const (
 	jwksMaxMaxAge = 24 * time.Hour
 	// minRSABits is the smallest RSA modulus accepted (RFC 7518 §3.3).
 	minRSABits = 2048
+	// jwksMaxRounds bounds the fetches one caller waits for while deciding
+	// an unknown kid.
+	jwksMaxRounds = 4
 )
 
 var (
@@ -53,6 +56,8 @@ var (
 type keySnapshot struct {
 	byKID     map[string][]jose.JSONWebKey
 	all       []jose.JSONWebKey
+	fetchedAt time.Time // start of the fetch that produced it; zero: static
+	attempt   uint64    // number of the fetch that produced it
 	refreshAt time.Time // when to refetch in the background; zero: never
 }
 
@@ -73,39 +78,80 @@ func (s *keySnapshot) find(kid string) []jose.JSONWebKey {
 // Policy, in short:
 //   - The set is fetched on first use; callers wait for it (at most MaxWait).
 //     Until a fetch succeeds, every call may start one (one at a time).
-//   - A token whose kid is not in the set triggers a refetch, but fetches
-//     (other than the very first) start at most once per MinRefetchInterval,
-//     and concurrent callers share one in-flight fetch. A kid still unknown
-//     after a successful fetch is an invalid token.
+//   - Fetches (other than the very first) start at most once per
+//     MinRefetchInterval, and concurrent callers share one in-flight fetch,
+//     whatever the tokens say: a burst of forged key ids costs at most one
+//     fetch per interval.
+//   - A token whose kid is not in the set is decided with its (unverified)
+//     "iat". Let S be the start of the fetch that produced the set. When
+//     S >= iat + Leeway, the set is younger than the token and should hold
+//     its key: the token is invalid, without a fetch. Otherwise the set may
+//     predate the key (the issuer rotated it a moment ago): the caller
+//     joins the fetch in flight, if any, or waits for the next fetch the
+//     rate limit allows, as long as that fits in MaxWait and its context,
+//     and looks again. A kid still unknown to a set fetched after the
+//     caller had the token is invalid. When the next fetch does not fit,
+//     the answer is "unavailable", with the time until that fetch as a
+//     Retry-After hint: the client should send the same token again, not
+//     refresh it or sign the user in again. A token issued more than
+//     Leeway in the future is invalid at once.
+//   - A token without "iat" triggers a refetch when the rate limit allows
+//     one (joining any fetch in flight); a kid still unknown after a
+//     successful fetch is an invalid token.
 //   - After Cache-Control max-age (clamped to [1 min, 24 h]; 1 h when the
 //     header gives none) the next use triggers a refetch in the background
 //     and keeps using the cached keys meanwhile.
 //   - A failed fetch never drops keys already cached. While the latest
-//     fetch has failed, an unknown kid is "unavailable", not "invalid":
-//     the key may be one we could not fetch.
+//     fetch has failed, an unknown kid that the cached set cannot decide is
+//     "unavailable", not "invalid": the key may be one we could not fetch.
 type jwksCache struct {
 	url        string
 	client     *http.Client
 	now        func() time.Time
 	minRefetch time.Duration
 	maxWait    time.Duration
-	static     bool // keys given in the configuration; never fetched
+	leeway     time.Duration // clock skew allowed between the issuer and us
+	static     bool          // keys given in the configuration; never fetched
+	// sleepUntil waits until c.now() reaches t or ctx ends; tests replace
+	// it to move their clock instead.
+	sleepUntil func(ctx context.Context, t time.Time) error
+	// testHookFetchWait, when set, is called as a caller starts or joins
+	// a fetch.
+	testHookFetchWait func()
 
-	snap atomic.Pointer[keySnapshot]
+	snap atomic.Pointer[keySnapshot] // stored under mu
 	sf   singleflight.Group
 
 	mu          sync.Mutex
-	lastAttempt time.Time // start of the last fetch
-	lastErr     error     // outcome of the last completed fetch
+	lastAttempt time.Time     // start of the last fetch
+	attempts    atomic.Uint64 // fetches started so far; changed under mu
+	fetching    bool          // the fetch started at lastAttempt is under way
+	lastErr     error         // outcome of the last completed fetch
 }
 
-// keys returns the candidate keys for kid. Errors wrap ErrInvalidToken (the
-// kid is not in a current key set) or ErrVerifierUnavailable (the key set
-// could not be obtained).
-func (c *jwksCache) keys(ctx context.Context, kid string) ([]jose.JSONWebKey, error) {
+// retryAfterError is an ErrVerifierUnavailable error that knows when trying
+// again makes sense; the middleware sends it as Retry-After.
+type retryAfterError struct {
+	after time.Duration
+	err   error
+}
+
+func (e *retryAfterError) Error() string { return e.err.Error() }
+func (e *retryAfterError) Unwrap() error { return e.err }
+
+// RetryAfter is how long to wait before trying the same token again.
+func (e *retryAfterError) RetryAfter() time.Duration { return e.after }
+
+// keys returns the candidate keys for kid. iat is called only when kid is
+// not in the cached set; it returns the token's unverified "iat", zero when
+// the token has none. Errors wrap ErrInvalidToken (the kid is not in a key
+// set that should hold it) or ErrVerifierUnavailable (the key set could not
+// be obtained, or not in time).
+func (c *jwksCache) keys(ctx context.Context, kid string, iat func() time.Time) ([]jose.JSONWebKey, error) {
+	before := c.attempts.Load() // fetches started before this call
 	s := c.snap.Load()
 	if s == nil {
-		if err := c.fetchWait(ctx); err != nil && !errors.Is(err, errRateLimited) {
+		if err := c.fetchWait(ctx, c.maxWait); err != nil && !errors.Is(err, errRateLimited) {
 			return nil, fmt.Errorf("%w: JWKS: %w", ErrVerifierUnavailable, err)
 		}
 		if s = c.snap.Load(); s == nil {
@@ -123,7 +169,10 @@ func (c *jwksCache) keys(ctx context.Context, kid string) ([]jose.JSONWebKey, er
 	if c.static {
 		return nil, fmt.Errorf("%w: no key matches the token's key id", ErrInvalidToken)
 	}
-	err := c.fetchWait(ctx)
+	if t := iat(); !t.IsZero() {
+		return c.awaitKey(ctx, kid, t, before)
+	}
+	err := c.fetchWait(ctx, c.maxWait)
 	if ks := c.snap.Load().find(kid); ks != nil {
 		return ks, nil
 	}
@@ -139,12 +188,92 @@ func (c *jwksCache) keys(ctx context.Context, kid string) ([]jose.JSONWebKey, er
 	return nil, fmt.Errorf("%w: no key matches the token's key id", ErrInvalidToken)
 }
 
+// awaitKey decides a kid missing from the cached set for a token issued at
+// iat (unverified), as the policy on jwksCache says: invalid when a set
+// fetched since the token was issued lacks the kid; otherwise wait, within
+// MaxWait and ctx, for a fetch that started late enough. before is the
+// number of fetches started before the caller had the token.
+func (c *jwksCache) awaitKey(ctx context.Context, kid string, iat time.Time, before uint64) ([]jose.JSONWebKey, error) {
+	start := c.now()
+	if iat.After(start.Add(c.leeway)) {
+		// Verify would refuse it anyway; do not wait for a fetch first.
+		return nil, fmt.Errorf("%w: the token was issued in the future", ErrInvalidToken)
+	}
+	deadline := start.Add(c.maxWait)
+	if d, ok := ctx.Deadline(); ok { // on the wall clock, c.now may differ
+		deadline = minTime(deadline, start.Add(time.Until(d)))
+	}
+	for range jwksMaxRounds {
+		c.mu.Lock()
+		s, last, fetching, lastErr := c.snap.Load(), c.lastAttempt, c.fetching, c.lastErr
+		c.mu.Unlock()
+		if ks := s.find(kid); ks != nil {
+			return ks, nil
+		}
+		// A set from a fetch that started Leeway after iat, or after this
+		// call had the token, should hold the token's key.
+		if !s.fetchedAt.Before(iat.Add(c.leeway)) || s.attempt > before {
+			return nil, fmt.Errorf("%w: no key matches the token's key id", ErrInvalidToken)
+		}
+		now := c.now()
+		var err error
+		if fetching {
+			// Join the fetch under way: it may bring the key, and costs
+			// nothing more. If it started too early, look again after it.
+			err = c.fetchWait(ctx, deadline.Sub(now))
+		} else {
+			next := maxTime(now, last.Add(c.minRefetch))
+			if next.After(deadline) {
+				wait := next.Sub(now)
+				cause := errors.New("the cached key set may predate the token's key")
+				if lastErr != nil {
+					cause = fmt.Errorf("the last fetch failed: %w", lastErr)
+				}
+				return nil, &retryAfterError{after: wait, err: fmt.Errorf("%w: key id not in the cached JWKS and the next refetch is allowed in %s: %w",
+					ErrVerifierUnavailable, wait.Round(time.Millisecond), cause)}
+			}
+			if next.After(now) {
+				if err := c.sleepUntil(ctx, next); err != nil {
+					return nil, fmt.Errorf("%w: JWKS: %w", ErrVerifierUnavailable, err)
+				}
+			}
+			err = c.fetchWait(ctx, deadline.Sub(c.now()))
+		}
+		if errors.Is(err, errJWKSWait) || ctx.Err() != nil {
+			return nil, fmt.Errorf("%w: JWKS: %w", ErrVerifierUnavailable, err)
+		}
+		// Fetched, failed, or rate-limited by a fetch someone else
+		// started meanwhile: look again.
+	}
+	return nil, fmt.Errorf("%w: JWKS: the key set could not be refreshed in time", ErrVerifierUnavailable)
+}
+
+// sleepUntilWall is the production sleepUntil: it waits until c.now()
+// reaches t, or ctx ends.
+func (c *jwksCache) sleepUntilWall(ctx context.Context, t time.Time) error {
+	d := t.Sub(c.now())
+	if d <= 0 {
+		return nil
+	}
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 // fetchWait starts a fetch, or joins the one in flight, and waits for it at
-// most MaxWait and as long as ctx allows. The fetch goes on after the caller
+// most d and as long as ctx allows. The fetch goes on after the caller
 // stopped waiting, so its result still lands in the cache.
-func (c *jwksCache) fetchWait(ctx context.Context) error {
+func (c *jwksCache) fetchWait(ctx context.Context, d time.Duration) error {
 	ch := c.sf.DoChan("jwks", c.fetch)
-	t := time.NewTimer(c.maxWait)
+	if c.testHookFetchWait != nil {
+		c.testHookFetchWait()
+	}
+	t := time.NewTimer(max(d, 0))
 	defer t.Stop()
 	select {
 	case r := <-ch:
@@ -154,6 +283,20 @@ func (c *jwksCache) fetchWait(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
 
 // maybeRefresh starts a background refetch when s is past its max-age and
@@ -185,15 +328,19 @@ func (c *jwksCache) fetch() (any, error) {
 		return nil, errRateLimited
 	}
 	c.lastAttempt = now
+	attempt := c.attempts.Add(1)
+	c.fetching = true
 	c.mu.Unlock()
 
 	s, err := c.download()
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	c.lastErr = err
-	c.mu.Unlock()
+	c.fetching = false
 	if err != nil {
 		return nil, err
 	}
+	s.fetchedAt, s.attempt = now, attempt
 	c.snap.Store(s)
 	return nil, nil
 }

@@ -66,14 +66,20 @@ type JWTConfig struct {
 	// RS256/384/512, PS256/384/512, EdDSA) may be listed; "none" and HS*
 	// are refused by NewJWTVerifier.
 	Algorithms []string
-	// RequireATJWT makes the check of the header's "typ" strict: it must be
-	// "at+jwt" or "application/at+jwt" (case-insensitive), as RFC 9068 §4
-	// asks. When false, a token without "typ" or with "JWT" is accepted
-	// too, but any other "typ" (an ID token's or a logout token's, say) is
-	// refused.
+	// RequireATJWT makes the verifier follow RFC 9068 strictly: the
+	// header's "typ" must be "at+jwt" or "application/at+jwt"
+	// (case-insensitive), as §4 asks, and the claims "client_id", "iat"
+	// and "jti", required by §2.2, must be present. When false, a token
+	// without "typ" or with "JWT" is accepted too, but any other "typ" (an
+	// ID token's or a logout token's, say) is refused, and those three
+	// claims are optional. A non-empty "sub" is required either way: it is
+	// the user the official Go SDK binds sessions to.
 	RequireATJWT bool
-	// Leeway is the clock skew allowed for "exp", "nbf" and "iat". Zero
-	// means DefaultLeeway; a negative value means none.
+	// Leeway is the clock skew allowed for "exp", "nbf" and "iat", and
+	// between the issuer's clock and ours when deciding whether the cached
+	// key set should already hold the key of a token (see
+	// MinRefetchInterval). Zero means DefaultLeeway; a negative value means
+	// none.
 	Leeway time.Duration
 	// HTTPClient fetches the JWKS. Nil means a client with a 10 s timeout
 	// that follows at most 3 redirects, only to https or loopback http
@@ -83,11 +89,27 @@ type JWTConfig struct {
 	// than the first, whether caused by an unknown kid or by the cache's
 	// max-age: a burst of tokens with forged key ids causes at most one
 	// fetch per interval. Zero means DefaultMinRefetchInterval.
+	//
+	// A token with an unknown kid is decided by its "iat": when the cached
+	// set was fetched at least Leeway after iat, the key should be in it
+	// and the token is invalid at once. Otherwise the set may predate a key
+	// the issuer has just rotated in, and Verify joins the fetch in flight
+	// or waits for the next one the interval allows, if that fits in
+	// MaxWait, and decides with the new set; if it does not, Verify fails
+	// with ErrVerifierUnavailable and the middleware answers 503 with
+	// Retry-After set to when that fetch is allowed, rather than a 401
+	// that would make the client throw away a good token. A token without
+	// "iat" triggers a refetch when the interval allows one and is invalid
+	// if its kid is still unknown after a successful fetch.
 	MinRefetchInterval time.Duration
-	// MaxWait is how long a Verify call waits for a JWKS fetch before it
-	// gives up with ErrVerifierUnavailable (the fetch itself goes on, up to
-	// 10 s or MaxWait if longer, and its result is kept). Zero means
-	// DefaultMaxWait.
+	// MaxWait is how long a Verify call waits for the JWKS, counting both
+	// the wait for the rate limit to allow a fetch (see MinRefetchInterval)
+	// and the fetch itself, before it gives up with ErrVerifierUnavailable
+	// (a fetch goes on, up to 10 s or MaxWait if longer, and its result is
+	// kept). Zero means DefaultMaxWait. With the defaults (2 s against a
+	// 10 s interval), a token signed with a key rotated in less than the
+	// interval after the last fetch may get one 503 with Retry-After; a
+	// MaxWait at least MinRefetchInterval makes Verify wait instead.
 	MaxWait time.Duration
 	// Now returns the current time; nil means time.Now. For tests.
 	Now func() time.Time
@@ -97,9 +119,10 @@ type JWTConfig struct {
 // from the issuer's JWKS. It is a Verifier and safe for concurrent use.
 //
 // The JWKS is fetched on first use and cached. A token signed with a key
-// the cache does not know makes the verifier refetch the set (at most once
-// per MinRefetchInterval, one fetch shared by all callers), so the issuer's
-// key rotations are followed without configuration. The set is also
+// the cache does not know, issued after the cached set was fetched, makes
+// the verifier refetch the set (at most once per MinRefetchInterval, one
+// fetch shared by all callers), so the issuer's key rotations are followed
+// without configuration; see JWTConfig.MinRefetchInterval. The set is also
 // refetched in the background, on use, once its Cache-Control max-age has
 // passed (clamped to between 1 minute and 24 hours; 1 hour when the
 // response gives no max-age). When a fetch fails, the keys already cached
@@ -162,7 +185,9 @@ func NewJWTVerifier(cfg JWTConfig) (*JWTVerifier, error) {
 		now:        v.now,
 		minRefetch: cfg.MinRefetchInterval,
 		maxWait:    cfg.MaxWait,
+		leeway:     v.leeway,
 	}
+	c.sleepUntil = c.sleepUntilWall
 	if c.minRefetch <= 0 {
 		c.minRefetch = DefaultMinRefetchInterval
 	}
@@ -198,14 +223,17 @@ func NewJWTVerifier(cfg JWTConfig) (*JWTVerifier, error) {
 // the set holds exactly one key), the algorithm against the allow-list and
 // the key, "typ", "iss", "aud", "exp" (required), "nbf" and "iat"; a token
 // bound to a key ("cnf", RFC 7800, as DPoP and mTLS tokens are) is refused,
-// since only bearer use is supported. It returns the token's subject,
-// client, scopes (from "scope", else "scp"), expiry, issuer, audiences and
-// "jti"; other claims go to Extra.
+// since only bearer use is supported. A non-empty "sub" is required, and
+// with RequireATJWT also "client_id", "iat" and "jti" (RFC 9068 §2.2). It
+// returns the token's subject, client, scopes (from "scope", else "scp"),
+// expiry, issuer, audiences and "jti"; other claims go to Extra.
 //
 // Errors wrap ErrInvalidToken, or ErrVerifierUnavailable when the keys
 // could not be obtained: nothing cached and the JWKS unreachable, or a kid
-// unknown to the cache while the latest fetch failed or the wait for one
-// exceeded MaxWait (the key may be new, so the token cannot be called bad).
+// unknown to a cached set that may predate the token while the latest fetch
+// failed or a new one could not be had within MaxWait (the key may be new,
+// so the token cannot be called bad). Such an error may carry a retry
+// delay, which the middleware sends as Retry-After.
 // Their text names the failed check and never contains token material.
 func (v *JWTVerifier) Verify(ctx context.Context, token string) (*TokenInfo, error) {
 	if token == "" || len(token) > maxTokenBytes {
@@ -222,7 +250,7 @@ func (v *JWTVerifier) Verify(ctx context.Context, token string) (*TokenInfo, err
 	if err := v.checkHeader(h); err != nil {
 		return nil, err
 	}
-	candidates, err := v.keys.keys(ctx, h.KeyID)
+	candidates, err := v.keys.keys(ctx, h.KeyID, func() time.Time { return unverifiedIssuedAt(tok) })
 	if err != nil {
 		return nil, err
 	}
@@ -248,6 +276,23 @@ func (v *JWTVerifier) Verify(ctx context.Context, token string) (*TokenInfo, err
 		return nil, err
 	}
 	return c.info(), nil
+}
+
+// unverifiedIssuedAt returns the "iat" of a token whose signature has not
+// been checked, or the zero time when it has none or it is malformed. It
+// only helps decide whether to refetch the key set.
+func unverifiedIssuedAt(tok *jwt.JSONWebToken) time.Time {
+	var c struct {
+		IAT json.RawMessage `json:"iat"`
+	}
+	if err := tok.UnsafeClaimsWithoutVerification(&c); err != nil || c.IAT == nil || isNull(c.IAT) {
+		return time.Time{}
+	}
+	t, err := numericDate(c.IAT)
+	if err != nil {
+		return time.Time{}
+	}
+	return t
 }
 
 // checkHeader checks "typ" and refuses extensions we do not implement.
@@ -276,7 +321,7 @@ func (v *JWTVerifier) checkHeader(h jose.Header) error {
 	}
 }
 
-// checkClaims checks issuer, audience and time claims.
+// checkClaims checks issuer, audience, time and identity claims.
 func (v *JWTVerifier) checkClaims(c *claims) error {
 	now := v.now()
 	switch {
@@ -294,6 +339,14 @@ func (v *JWTVerifier) checkClaims(c *claims) error {
 		return fmt.Errorf("%w: the token was issued in the future", ErrInvalidToken)
 	case c.cnf:
 		return fmt.Errorf("%w: the token is sender-constrained (cnf); only bearer tokens are supported", ErrInvalidToken)
+	case c.sub == "":
+		return fmt.Errorf("%w: the token has no subject (sub)", ErrInvalidToken)
+	case v.strict && c.clientID == "":
+		return fmt.Errorf("%w: the token has no client_id (RFC 9068 §2.2)", ErrInvalidToken)
+	case v.strict && c.iat.IsZero():
+		return fmt.Errorf("%w: the token has no iat (RFC 9068 §2.2)", ErrInvalidToken)
+	case v.strict && c.jti == "":
+		return fmt.Errorf("%w: the token has no jti (RFC 9068 §2.2)", ErrInvalidToken)
 	}
 	return nil
 }

@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -59,6 +60,15 @@ func (c *vtClock) Now() time.Time {
 func (c *vtClock) Advance(d time.Duration) {
 	c.mu.Lock()
 	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// AdvanceTo moves the clock to t, unless it is already past t.
+func (c *vtClock) AdvanceTo(t time.Time) {
+	c.mu.Lock()
+	if t.After(c.t) {
+		c.t = t
+	}
 	c.mu.Unlock()
 }
 
@@ -536,6 +546,59 @@ func TestJWTVerify_Rejects(t *testing.T) {
 	}
 }
 
+// RFC 9068 §2.2 claims: "sub" is always required (it becomes the user the
+// official Go SDK binds sessions to); with RequireATJWT, "client_id",
+// "iat" and "jti" are too.
+func TestJWTVerify_RFC9068RequiredClaims(t *testing.T) {
+	k := vtKeys()
+	clock := newVTClock()
+	tests := []struct {
+		name   string
+		strict bool
+		set    map[string]any // nil value: claim removed
+		why    string         // "": accepted
+	}{
+		{name: "all present, strict", strict: true},
+		{name: "no sub", set: map[string]any{"sub": nil}, why: "no subject"},
+		{name: "no sub, strict", strict: true, set: map[string]any{"sub": nil}, why: "no subject"},
+		{name: "empty sub", set: map[string]any{"sub": ""}, why: "no subject"},
+		{name: "null sub", set: map[string]any{"sub": json.RawMessage("null")}, why: "no subject"},
+		{name: "no client_id, strict", strict: true, set: map[string]any{"client_id": nil}, why: "client_id"},
+		{name: "empty client_id, strict", strict: true, set: map[string]any{"client_id": ""}, why: "client_id"},
+		{name: "no iat, strict", strict: true, set: map[string]any{"iat": nil}, why: "iat"},
+		{name: "no jti, strict", strict: true, set: map[string]any{"jti": nil}, why: "jti"},
+		{name: "no client_id, lenient", set: map[string]any{"client_id": nil}},
+		{name: "no iat, lenient", set: map[string]any{"iat": nil}},
+		{name: "no jti, lenient", set: map[string]any{"jti": nil}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := vtClaims(clock.Now())
+			for name, val := range tt.set {
+				if val == nil {
+					delete(c, name)
+				} else {
+					c[name] = val
+				}
+			}
+			v := vtStaticVerifier(t, clock, func(cfg *server.JWTConfig) { cfg.RequireATJWT = tt.strict })
+			info, err := v.Verify(context.Background(), vtSign(t, jose.ES256, k.ec, "ec1", "at+jwt", c))
+			if tt.why == "" {
+				if err != nil {
+					t.Fatalf("Verify: %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, server.ErrInvalidToken) || info != nil {
+				t.Fatalf("Verify = %+v, %v; want ErrInvalidToken", info, err)
+			}
+			if !strings.Contains(err.Error(), tt.why) {
+				t.Errorf("error %q does not say %q", err, tt.why)
+			}
+		})
+	}
+}
+
 func mustJSON(v any) []byte {
 	b, err := json.Marshal(v)
 	if err != nil {
@@ -575,13 +638,45 @@ func TestNewJWTVerifier_ConfigErrors(t *testing.T) {
 	}
 }
 
+// vtRetryAfter is the retry delay an error carries for the middleware's
+// Retry-After, or 0.
+func vtRetryAfter(err error) time.Duration {
+	var ra interface{ RetryAfter() time.Duration }
+	if errors.As(err, &ra) {
+		return ra.RetryAfter()
+	}
+	return 0
+}
+
+// vtSleeps makes v wait for the JWKS rate limit by moving clock instead of
+// sleeping, and records the times it waited for.
+func vtSleeps(v *server.JWTVerifier, clock *vtClock) func() []time.Time {
+	var mu sync.Mutex
+	var untils []time.Time
+	server.SetJWKSSleep(v, func(_ context.Context, until time.Time) error {
+		mu.Lock()
+		untils = append(untils, until)
+		mu.Unlock()
+		clock.AdvanceTo(until)
+		return nil
+	})
+	return func() []time.Time {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(untils)
+	}
+}
+
 // After the authorization server rotates its key, a token signed with the
-// new key verifies once the rate limit lets the verifier refetch, and a
-// token of the previous key (still published) keeps verifying. A key
-// dropped from the set stops verifying.
+// new key is not refused while the rate limit holds back the refetch: the
+// verifier is "unavailable" for the rest of the interval (503 with
+// Retry-After, so the client does not throw the token away), then verifies
+// it. A token of the previous key (still published) keeps verifying; a key
+// dropped from the set stops verifying once a set fetched Leeway after the
+// token's iat lacks it (DESIGN §4.1, JWKS refetch on unknown kid).
 func TestJWKS_FollowsKeyRotation(t *testing.T) {
-	e := newVTAS(t, nil)
 	clock := newVTClock()
+	e := newVTAS(t, func(c *authserver.Config) { c.Now = clock.Now })
 	v := e.jwtVerifier(func(c *server.JWTConfig) { c.Now = clock.Now })
 	ctx := context.Background()
 
@@ -594,15 +689,21 @@ func TestJWKS_FollowsKeyRotation(t *testing.T) {
 	}
 	tokB := e.token()
 
-	// Within MinRefetchInterval of the first fetch: no refetch, refused.
-	if _, err := v.Verify(ctx, tokB); !errors.Is(err, server.ErrInvalidToken) {
-		t.Fatalf("token B within the rate limit: %v, want ErrInvalidToken", err)
+	// Within MinRefetchInterval of the first fetch: no refetch, and no
+	// verdict either: the cached set predates the token.
+	clock.Advance(3 * time.Second)
+	_, err := v.Verify(ctx, tokB)
+	if !errors.Is(err, server.ErrVerifierUnavailable) || errors.Is(err, server.ErrInvalidToken) {
+		t.Fatalf("token B within the rate limit: %v, want ErrVerifierUnavailable", err)
+	}
+	if d := vtRetryAfter(err); d != server.DefaultMinRefetchInterval-3*time.Second {
+		t.Errorf("retry after %v, want %v", d, server.DefaultMinRefetchInterval-3*time.Second)
 	}
 	if n := e.jwksFetches.Load(); n != 1 {
 		t.Fatalf("%d fetches, want 1", n)
 	}
 
-	clock.Advance(server.DefaultMinRefetchInterval + time.Second)
+	clock.Advance(server.DefaultMinRefetchInterval - 3*time.Second)
 	if _, err := v.Verify(ctx, tokB); err != nil {
 		t.Fatalf("token B after the interval: %v", err)
 	}
@@ -618,7 +719,7 @@ func TestJWKS_FollowsKeyRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	tokC := e.token()
-	clock.Advance(server.DefaultMinRefetchInterval + time.Second)
+	clock.Advance(server.DefaultLeeway + time.Second)
 	if _, err := v.Verify(ctx, tokC); err != nil {
 		t.Fatalf("token C: %v", err)
 	}
@@ -633,57 +734,334 @@ func TestJWKS_FollowsKeyRotation(t *testing.T) {
 	}
 }
 
-// A burst of tokens with forged key ids causes at most one JWKS fetch per
-// MinRefetchInterval, shared by all, and every one of them is refused.
+// A token signed with a key rotated in just after the last JWKS fetch:
+// Verify waits for the next fetch the rate limit allows when that fits in
+// MaxWait and the caller's context, and otherwise says "unavailable" with
+// the time until that fetch, never invalid_token (DESIGN §4.1, bounded
+// wait).
+func TestJWKS_KeyRotationWithinRefetchInterval(t *testing.T) {
+	tests := []struct {
+		name        string
+		maxWait     time.Duration
+		ctxTimeout  time.Duration
+		wantOK      bool
+		wantRetry   time.Duration // when not OK
+		wantFetches int64
+	}{
+		{name: "MaxWait covers the interval: waits and verifies", maxWait: 15 * time.Second, wantOK: true, wantFetches: 2},
+		{name: "default MaxWait: unavailable until the next fetch", wantRetry: 7 * time.Second, wantFetches: 1},
+		{name: "context ends first: unavailable", maxWait: 15 * time.Second, ctxTimeout: time.Second, wantRetry: 7 * time.Second, wantFetches: 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clock := newVTClock()
+			e := newVTAS(t, func(c *authserver.Config) { c.Now = clock.Now })
+			v := e.jwtVerifier(func(c *server.JWTConfig) { c.Now = clock.Now; c.MaxWait = tt.maxWait })
+			sleeps := vtSleeps(v, clock)
+			t0 := clock.Now()
+			if _, err := v.Verify(context.Background(), e.token()); err != nil {
+				t.Fatal(err)
+			}
+			clock.Advance(3 * time.Second)
+			if _, err := e.as.RotateKey(); err != nil {
+				t.Fatal(err)
+			}
+			tok := e.token()
+			ctx := context.Background()
+			if tt.ctxTimeout > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, tt.ctxTimeout)
+				defer cancel()
+			}
+			info, err := v.Verify(ctx, tok)
+			switch {
+			case tt.wantOK && err != nil:
+				t.Fatalf("Verify: %v", err)
+			case tt.wantOK:
+				if info.Subject != "demo-user" {
+					t.Errorf("info = %+v", info)
+				}
+				if got := sleeps(); len(got) != 1 || !got[0].Equal(t0.Add(server.DefaultMinRefetchInterval)) {
+					t.Errorf("waited until %v, want once until the interval ended", got)
+				}
+			case !errors.Is(err, server.ErrVerifierUnavailable) || errors.Is(err, server.ErrInvalidToken):
+				t.Fatalf("Verify: %v, want ErrVerifierUnavailable", err)
+			default:
+				if d := vtRetryAfter(err); d != tt.wantRetry {
+					t.Errorf("retry after %v, want %v", d, tt.wantRetry)
+				}
+				if got := sleeps(); len(got) != 0 {
+					t.Errorf("waited until %v, want no wait", got)
+				}
+			}
+			if n := e.jwksFetches.Load(); n != tt.wantFetches {
+				t.Errorf("%d fetches, want %d", n, tt.wantFetches)
+			}
+		})
+	}
+}
+
+// A caller whose token has a new key joins a JWKS fetch that started before
+// the key was published: the set that fetch brings lacks the key, which
+// says nothing about the token, so the caller waits for the next fetch
+// instead of answering invalid_token.
+func TestJWKS_JoinedFetchPredatesKey(t *testing.T) {
+	clock := newVTClock()
+	e := newVTAS(t, func(c *authserver.Config) { c.Now = clock.Now })
+	v := e.jwtVerifier(func(c *server.JWTConfig) { c.Now = clock.Now; c.MaxWait = 15 * time.Second })
+	sleeps := vtSleeps(v, clock)
+	var armed atomic.Bool
+	joined := make(chan struct{}, 2)
+	server.SetJWKSFetchWaitHook(v, func() {
+		if armed.Load() {
+			joined <- struct{}{}
+		}
+	})
+	if _, err := v.Verify(context.Background(), e.token()); err != nil {
+		t.Fatal(err)
+	}
+	oldSet := e.as.JWKS()
+
+	// The next fetch stalls and then serves the set of before the rotation.
+	var stall atomic.Bool
+	stall.Store(true)
+	entered, release := make(chan struct{}), make(chan struct{})
+	e.setIntercept(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path != authserver.PathJWKS || !stall.CompareAndSwap(true, false) {
+			return false
+		}
+		close(entered)
+		<-release
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(oldSet)
+		return true
+	})
+	clock.Advance(server.DefaultMinRefetchInterval + time.Second)
+	k := vtKeys()
+	forgedDone := make(chan error, 1)
+	go func() { // starts that fetch
+		c := vtClaims(clock.Now())
+		c["iss"], c["aud"] = e.issuer, vtResource
+		_, err := v.Verify(context.Background(), vtSign(t, jose.ES256, k.other, "forged", "at+jwt", c))
+		forgedDone <- err
+	}()
+	<-entered
+
+	clock.Advance(time.Second)
+	if _, err := e.as.RotateKey(); err != nil {
+		t.Fatal(err)
+	}
+	tok := e.token()
+	armed.Store(true)
+	done := make(chan error, 1)
+	go func() {
+		_, err := v.Verify(context.Background(), tok)
+		done <- err
+	}()
+	<-joined // the new-key caller waits for the stalled fetch
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatalf("new-key token after joining a fetch that predates its key: %v", err)
+	}
+	if err := <-forgedDone; !errors.Is(err, server.ErrInvalidToken) {
+		t.Errorf("forged kid: %v, want ErrInvalidToken", err)
+	}
+	if n := e.jwksFetches.Load(); n != 3 {
+		t.Errorf("%d fetches, want 3", n)
+	}
+	if len(sleeps()) != 1 {
+		t.Errorf("waited %d times for the rate limit, want 1", len(sleeps()))
+	}
+}
+
+// How an unknown kid is decided from the token's iat and the start S of the
+// fetch that produced the cached set (self-signed tokens, a JWKS on
+// loopback, one fetch at S, then 1 s later the forged token).
+func TestJWKS_UnknownKidDecidedByIssuedAt(t *testing.T) {
+	k := vtKeys()
+	tests := []struct {
+		name        string
+		iat         time.Duration // relative to S; -1 ns: no iat
+		leeway      time.Duration
+		maxWait     time.Duration
+		want        error
+		wantRetry   time.Duration
+		wantFetches int64 // including the one at S
+		wantSleeps  int
+	}{
+		{name: "issued an hour before S: invalid at once", iat: -time.Hour, want: server.ErrInvalidToken, wantFetches: 1},
+		{name: "S is exactly iat+Leeway: invalid at once", iat: -server.DefaultLeeway, want: server.ErrInvalidToken, wantFetches: 1},
+		{name: "S is just under iat+Leeway: unavailable", iat: -server.DefaultLeeway + time.Second, want: server.ErrVerifierUnavailable,
+			wantRetry: server.DefaultMinRefetchInterval - time.Second, wantFetches: 1},
+		{name: "custom Leeway", iat: -6 * time.Second, leeway: 5 * time.Second, want: server.ErrInvalidToken, wantFetches: 1},
+		{name: "issued after S: unavailable", iat: time.Second, want: server.ErrVerifierUnavailable,
+			wantRetry: server.DefaultMinRefetchInterval - time.Second, wantFetches: 1},
+		{name: "issued after S, MaxWait covers the interval: waits, refetches, invalid", iat: time.Second, maxWait: time.Minute,
+			want: server.ErrInvalidToken, wantFetches: 2, wantSleeps: 1},
+		{name: "issued beyond Leeway in the future: invalid at once", iat: server.DefaultLeeway + 2*time.Second, maxWait: time.Minute,
+			want: server.ErrInvalidToken, wantFetches: 1},
+		{name: "no iat: refetch rate-limited, invalid as before", iat: -1, want: server.ErrInvalidToken, wantFetches: 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var fetches atomic.Int64
+			ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				fetches.Add(1)
+				w.Header().Set("Content-Type", "application/json")
+				w.Write(k.jwks)
+			}))
+			defer ts.Close()
+			clock := &vtClock{t: time.Now().Truncate(time.Second)} // iat is whole seconds
+			v, err := server.NewJWTVerifier(server.JWTConfig{Issuer: vtIssuer, Audience: vtResource, JWKSURL: ts.URL,
+				Now: clock.Now, Leeway: tt.leeway, MaxWait: tt.maxWait})
+			if err != nil {
+				t.Fatal(err)
+			}
+			sleeps := vtSleeps(v, clock)
+			s := clock.Now()
+			if _, err := v.Verify(context.Background(), vtSign(t, jose.ES256, k.ec, "ec1", "at+jwt", vtClaims(s))); err != nil {
+				t.Fatal(err)
+			}
+			clock.Advance(time.Second)
+			c := vtClaims(clock.Now())
+			if tt.iat == -1 {
+				delete(c, "iat")
+			} else {
+				c["iat"] = s.Add(tt.iat).Unix()
+				c["nbf"] = c["iat"]
+			}
+			_, err = v.Verify(context.Background(), vtSign(t, jose.ES256, k.other, "forged", "at+jwt", c))
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("Verify: %v, want %v", err, tt.want)
+			}
+			if d := vtRetryAfter(err); d != tt.wantRetry {
+				t.Errorf("retry after %v, want %v", d, tt.wantRetry)
+			}
+			if n := fetches.Load(); n != tt.wantFetches {
+				t.Errorf("%d fetches, want %d", n, tt.wantFetches)
+			}
+			if n := len(sleeps()); n != tt.wantSleeps {
+				t.Errorf("%d waits for the rate limit, want %d", n, tt.wantSleeps)
+			}
+		})
+	}
+}
+
+// A burst of tokens with forged key ids, whatever their iat, causes at most
+// one JWKS fetch per MinRefetchInterval, shared by all, and none of them
+// verifies. Tokens issued an hour ago are refused at once; tokens issued
+// now, whose key the cached set might predate, are refused after a fetch
+// or answered "unavailable" until the next one.
 func TestJWKS_ForgedKidBurstFetchesOnce(t *testing.T) {
 	e := newVTAS(t, nil)
 	k := vtKeys()
-	burst := func(v *server.JWTVerifier, now time.Time) {
+	const size = 100
+	// burst verifies size forged tokens issued at iat at once; unavailable
+	// says whether ErrVerifierUnavailable may be among the answers
+	// (ErrInvalidToken always may).
+	burst := func(t *testing.T, v *server.JWTVerifier, now, iat time.Time, unavailable bool) {
 		t.Helper()
 		var wg sync.WaitGroup
-		errs := make([]error, 100)
+		errs := make([]error, size)
 		for i := range errs {
-			tok := vtSign(t, jose.ES256, k.other, fmt.Sprintf("forged-%d", i), "at+jwt", vtClaims(now))
+			c := vtClaims(now)
+			c["iat"] = iat.Unix()
+			tok := vtSign(t, jose.ES256, k.other, fmt.Sprintf("forged-%d", i), "at+jwt", c)
 			wg.Go(func() {
 				_, errs[i] = v.Verify(context.Background(), tok)
 			})
 		}
 		wg.Wait()
 		for i, err := range errs {
-			if !errors.Is(err, server.ErrInvalidToken) {
-				t.Fatalf("token %d: %v, want ErrInvalidToken", i, err)
+			if !errors.Is(err, server.ErrInvalidToken) && !(unavailable && errors.Is(err, server.ErrVerifierUnavailable)) {
+				t.Fatalf("token %d: %v, want ErrInvalidToken (or, here, ErrVerifierUnavailable: %v)", i, err, unavailable)
 			}
 		}
 	}
-
-	t.Run("cold cache", func(t *testing.T) {
-		e.jwksFetches.Store(0)
-		clock := newVTClock()
-		v := e.jwtVerifier(func(c *server.JWTConfig) { c.Now = clock.Now })
-		burst(v, clock.Now())
-		if n := e.jwksFetches.Load(); n != 1 {
-			t.Fatalf("%d fetches, want 1", n)
+	fetches := func(t *testing.T, want int64) {
+		t.Helper()
+		if n := e.jwksFetches.Load(); n != want {
+			t.Fatalf("%d fetches, want %d", n, want)
 		}
-	})
-	t.Run("warm cache, interval passed", func(t *testing.T) {
-		e.jwksFetches.Store(0)
-		clock := newVTClock()
-		v := e.jwtVerifier(func(c *server.JWTConfig) { c.Now = clock.Now })
-		if _, err := v.Verify(context.Background(), e.token()); err != nil {
-			t.Fatal(err)
-		}
-		clock.Advance(server.DefaultMinRefetchInterval)
-		burst(v, clock.Now())
-		if n := e.jwksFetches.Load(); n != 2 {
-			t.Fatalf("%d fetches, want 2 (warm-up and one refetch)", n)
-		}
-		// Again within the interval: no fetch at all.
-		clock.Advance(server.DefaultMinRefetchInterval / 2)
-		burst(v, clock.Now())
-		if n := e.jwksFetches.Load(); n != 2 {
-			t.Fatalf("%d fetches, want still 2", n)
-		}
-	})
+	}
+	for _, age := range []struct {
+		name string
+		age  time.Duration
+	}{{"iat an hour ago", time.Hour}, {"iat now", 0}} {
+		fresh := age.age == 0
+		t.Run(age.name, func(t *testing.T) {
+			t.Run("cold cache", func(t *testing.T) {
+				e.jwksFetches.Store(0)
+				clock := newVTClock()
+				v := e.jwtVerifier(func(c *server.JWTConfig) { c.Now = clock.Now })
+				// Callers that joined the first fetch after it started
+				// cannot tell whether it predates their key.
+				burst(t, v, clock.Now(), clock.Now().Add(-age.age), fresh)
+				fetches(t, 1)
+			})
+			t.Run("warm cache, interval passed, then within it", func(t *testing.T) {
+				e.jwksFetches.Store(0)
+				clock := newVTClock()
+				v := e.jwtVerifier(func(c *server.JWTConfig) { c.Now = clock.Now })
+				if _, err := v.Verify(context.Background(), e.token()); err != nil {
+					t.Fatal(err)
+				}
+				clock.Advance(server.DefaultMinRefetchInterval)
+				burst(t, v, clock.Now(), clock.Now().Add(-age.age), fresh)
+				if fresh {
+					fetches(t, 2) // warm-up and one refetch
+				} else {
+					fetches(t, 1) // the set is younger than the tokens
+				}
+				// Again within the interval: no fetch at all.
+				clock.Advance(server.DefaultMinRefetchInterval / 2)
+				burst(t, v, clock.Now(), clock.Now().Add(-age.age), fresh)
+				if fresh {
+					fetches(t, 2)
+				} else {
+					fetches(t, 1)
+				}
+			})
+			t.Run("within the interval, MaxWait covers it", func(t *testing.T) {
+				e.jwksFetches.Store(0)
+				clock := newVTClock()
+				v := e.jwtVerifier(func(c *server.JWTConfig) { c.Now = clock.Now; c.MaxWait = time.Minute })
+				// Every waiting caller arrives before the clock moves on.
+				arrived, release := make(chan struct{}, size), make(chan struct{})
+				server.SetJWKSSleep(v, func(_ context.Context, until time.Time) error {
+					arrived <- struct{}{}
+					<-release
+					clock.AdvanceTo(until)
+					return nil
+				})
+				if _, err := v.Verify(context.Background(), e.token()); err != nil {
+					t.Fatal(err)
+				}
+				clock.Advance(server.DefaultMinRefetchInterval / 2)
+				done := make(chan struct{})
+				go func() {
+					defer close(done)
+					burst(t, v, clock.Now(), clock.Now().Add(-age.age), false)
+				}()
+				if fresh {
+					for range size {
+						select {
+						case <-arrived:
+						case <-done:
+							t.Fatal("the burst ended before every caller waited for the rate limit")
+						}
+					}
+				}
+				close(release)
+				<-done
+				if fresh {
+					fetches(t, 2) // warm-up and the one fetch all waited for
+				} else {
+					fetches(t, 1)
+				}
+			})
+		})
+	}
 }
 
 // With nothing cached and the JWKS unreachable, the verifier says it is

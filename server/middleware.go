@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -88,7 +90,10 @@ const maxRejected = 100000
 //   - missing scope: 403 insufficient_scope with the scopes needed;
 //   - malformed request (several Authorization headers, a token in the
 //     URL, a malformed Bearer credential): 400 invalid_request;
-//   - verifier unavailable: 503, because the fault is not the client's.
+//   - verifier unavailable: 503, because the fault is not the client's,
+//     with Retry-After: 5 s, or the delay the verifier's error reports
+//     through a RetryAfter() time.Duration method in its chain (the
+//     JWTVerifier does when a key set refetch is rate-limited).
 //
 // It also turns tool signals (TokenExpired, InsufficientScope) into 401 or
 // 403 answers on the same HTTP response; add Signals to the mcp.Server for
@@ -234,7 +239,7 @@ func (m *middleware) wrap(next http.Handler) http.Handler {
 			return
 		case err != nil || ti == nil:
 			m.log.Warn("token verification unavailable", "error", err)
-			w.Header().Set("Retry-After", "5")
+			w.Header().Set("Retry-After", strconv.Itoa(retryAfterSeconds(err)))
 			oauth.WriteError(w, &oauth.Error{Code: oauth.ErrorTemporarilyUnavailable, Description: "the access token could not be verified now", StatusCode: http.StatusServiceUnavailable})
 			return
 		}
@@ -253,6 +258,30 @@ func (m *middleware) wrap(next http.Handler) http.Handler {
 		defer hw.finish()
 		sdk.ServeHTTP(hw, r)
 	})
+}
+
+// Retry-After bounds, in seconds, of a 503 for an unavailable verifier.
+const (
+	defaultRetryAfter = 5
+	maxRetryAfter     = 3600
+)
+
+// retryAfterSeconds is the Retry-After of a 503 for err: the delay an error
+// in its chain reports with a RetryAfter() time.Duration method, rounded up
+// to whole seconds and clamped to [1 s, 1 h], or 5 s.
+func retryAfterSeconds(err error) int {
+	var ra interface{ RetryAfter() time.Duration }
+	if !errors.As(err, &ra) {
+		return defaultRetryAfter
+	}
+	switch d := ra.RetryAfter(); {
+	case d <= 0:
+		return defaultRetryAfter
+	case d >= maxRetryAfter*time.Second:
+		return maxRetryAfter
+	default:
+		return int((d + time.Second - 1) / time.Second)
+	}
 }
 
 // describe turns a verifier error into an error_description: the first
@@ -278,11 +307,15 @@ func missingScopes(have, need []string) []string {
 	return out
 }
 
+// sdkTokenInfo converts ti for the official Go SDK: the subject becomes the
+// UserID sessions are bound to, and Extra holds ti.Extra plus the verified
+// "client_id" and "issuer", which a claim of the same name in ti.Extra
+// does not override.
 func sdkTokenInfo(ti *TokenInfo) *auth.TokenInfo {
-	extra := map[string]any{"client_id": ti.ClientID, "issuer": ti.Issuer}
-	for k, v := range ti.Extra {
-		extra[k] = v
-	}
+	extra := make(map[string]any, len(ti.Extra)+2)
+	maps.Copy(extra, ti.Extra)
+	extra["client_id"] = ti.ClientID
+	extra["issuer"] = ti.Issuer
 	return &auth.TokenInfo{Scopes: ti.Scopes, Expiration: ti.Expiry, UserID: ti.Subject, Extra: extra}
 }
 

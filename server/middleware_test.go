@@ -9,6 +9,10 @@ import (
 	"testing"
 	"time"
 
+	jose "github.com/go-jose/go-jose/v4"
+	"github.com/modelcontextprotocol/go-sdk/auth"
+
+	"github.com/evergrant/evergrant/authserver"
 	"github.com/evergrant/evergrant/oauth"
 	"github.com/evergrant/evergrant/server"
 )
@@ -158,5 +162,123 @@ func TestMetadataHandler_CORSAndPaths(t *testing.T) {
 	paths, err := server.MetadataPaths(testResource)
 	if err != nil || len(paths) != 2 || paths[0] != "/.well-known/oauth-protected-resource/mcp" || paths[1] != "/.well-known/oauth-protected-resource" {
 		t.Fatalf("paths %v %v", paths, err)
+	}
+}
+
+// retryErr is a verifier error that carries a retry delay.
+type retryErr struct{ after time.Duration }
+
+func (e retryErr) Error() string             { return "JWKS refetch rate-limited" }
+func (e retryErr) RetryAfter() time.Duration { return e.after }
+
+// A verifier outage is 503 temporarily_unavailable with Retry-After: the
+// delay the verifier's error reports, rounded up to seconds and clamped to
+// [1 s, 1 h], or 5 s (DESIGN §4.1; RFC 9110 §10.2.3).
+func TestUnavailable_RetryAfter(t *testing.T) {
+	tests := []struct {
+		name string
+		err  error
+		want string
+	}{
+		{"no delay given", fmt.Errorf("%w: down", server.ErrVerifierUnavailable), "5"},
+		{"whole seconds", fmt.Errorf("%w: %w", server.ErrVerifierUnavailable, retryErr{7 * time.Second}), "7"},
+		{"rounded up", fmt.Errorf("%w: %w", server.ErrVerifierUnavailable, retryErr{1200 * time.Millisecond}), "2"},
+		{"at least 1 s", fmt.Errorf("%w: %w", server.ErrVerifierUnavailable, retryErr{time.Millisecond}), "1"},
+		{"zero means the default", fmt.Errorf("%w: %w", server.ErrVerifierUnavailable, retryErr{0}), "5"},
+		{"at most 1 h", fmt.Errorf("%w: %w", server.ErrVerifierUnavailable, retryErr{48 * time.Hour}), "3600"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			v := server.VerifierFunc(func(context.Context, string) (*server.TokenInfo, error) { return nil, tt.err })
+			h := protect(t, server.Config{Verifier: v}, http.NotFoundHandler())
+			req := httptest.NewRequest(http.MethodGet, testResource, nil)
+			req.Header.Set("Authorization", "Bearer tok")
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, req)
+			if rec.Code != http.StatusServiceUnavailable || !strings.Contains(rec.Body.String(), "temporarily_unavailable") {
+				t.Fatalf("status %d, body %q", rec.Code, rec.Body)
+			}
+			if got := rec.Header().Get("Retry-After"); got != tt.want {
+				t.Errorf("Retry-After %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+// Right after the authorization server rotates its key, a token signed
+// with the new key meets a JWKS cache that may not hold it yet: the
+// middleware answers 503 with Retry-After until the refetch is allowed
+// (not 401 invalid_token, on which the client would refresh and then sign
+// the user in again), and then admits it.
+func TestRequireToken_KeyRotation503NotInvalidToken(t *testing.T) {
+	clock := newVTClock()
+	e := newVTAS(t, func(c *authserver.Config) { c.Now = clock.Now })
+	v := e.jwtVerifier(func(c *server.JWTConfig) { c.Now = clock.Now; c.RequireATJWT = true })
+	h := protect(t, server.Config{Resource: vtResource, Verifier: v, Now: clock.Now},
+		http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "ok") }))
+	get := func(tok string) *httptest.ResponseRecorder {
+		t.Helper()
+		req := httptest.NewRequest(http.MethodGet, vtResource, nil)
+		req.Header.Set("Authorization", "Bearer "+tok)
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		return rec
+	}
+	if rec := get(e.token()); rec.Code != http.StatusOK {
+		t.Fatalf("before the rotation: %d %q", rec.Code, rec.Body)
+	}
+	clock.Advance(4 * time.Second)
+	if _, err := e.as.RotateKey(); err != nil {
+		t.Fatal(err)
+	}
+	tok := e.token()
+	rec := get(tok)
+	if rec.Code != http.StatusServiceUnavailable || rec.Header().Get("Retry-After") != "6" {
+		t.Fatalf("new key within the refetch interval: %d, Retry-After %q, WWW-Authenticate %q; want 503, 6",
+			rec.Code, rec.Header().Get("Retry-After"), rec.Header().Get("WWW-Authenticate"))
+	}
+	clock.Advance(6 * time.Second)
+	if rec := get(tok); rec.Code != http.StatusOK {
+		t.Fatalf("after Retry-After: %d %q", rec.Code, rec.Body)
+	}
+}
+
+// The official Go SDK's TokenInfo carries the verified subject as UserID
+// and the verified client_id and issuer in Extra; a claim of the same name
+// among the token's other claims does not override them.
+func TestRequireToken_SDKTokenInfoKeepsVerifiedValues(t *testing.T) {
+	clock := newVTClock()
+	c := vtClaims(clock.Now())
+	c["issuer"] = "https://evil.example.test"
+	c["tenant"] = "acme"
+	jwtTok := vtSign(t, jose.ES256, vtKeys().ec, "ec1", "at+jwt", c)
+	tests := []struct {
+		name     string
+		verifier server.Verifier
+		token    string
+	}{
+		{"JWT with an issuer claim", vtStaticVerifier(t, clock, nil), jwtTok},
+		{"verifier Extra with client_id and issuer", server.VerifierFunc(func(context.Context, string) (*server.TokenInfo, error) {
+			return &server.TokenInfo{Subject: "alice", ClientID: "c1", Issuer: vtIssuer, Expiry: time.Now().Add(time.Hour),
+				Extra: map[string]any{"client_id": "evil", "issuer": "https://evil.example.test", "tenant": "acme"}}, nil
+		}), "tok"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var got *auth.TokenInfo
+			h := protect(t, server.Config{Verifier: tt.verifier, Now: clock.Now}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				got = auth.TokenInfoFromContext(r.Context())
+			}))
+			req := httptest.NewRequest(http.MethodGet, testResource, nil)
+			req.Header.Set("Authorization", "Bearer "+tt.token)
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, req)
+			if rec.Code != http.StatusOK || got == nil {
+				t.Fatalf("status %d, body %q, token info %v", rec.Code, rec.Body, got)
+			}
+			if got.UserID != "alice" || got.Extra["client_id"] != "c1" || got.Extra["issuer"] != vtIssuer || got.Extra["tenant"] != "acme" {
+				t.Errorf("SDK token info: UserID %q, Extra %v", got.UserID, got.Extra)
+			}
+		})
 	}
 }
