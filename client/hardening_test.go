@@ -104,7 +104,13 @@ func TestRule5_ProactiveRefreshIsTheRequestsOneRefresh(t *testing.T) {
 					clock.Advance(10*time.Minute - 30*time.Second)
 				}
 				_, _, err := r.call(http.MethodPost, 1)
-				t.Cleanup(func() { r.tr.Wait(context.Background()) })
+				// Hooks of a refresh run after its waiters have the result
+				// (in the background when the refresh did): wait for them.
+				wctx, cancel := context.WithTimeout(context.Background(), hdBound)
+				defer cancel()
+				if err := r.tr.Wait(wctx); err != nil {
+					t.Fatalf("Wait: %v", err)
+				}
 				if refused {
 					var ne *client.NeedsReauthError
 					if !errors.As(err, &ne) || ne.Reason != client.ReasonRefreshRejected || ne.ErrorCode != "invalid_grant" {
