@@ -115,7 +115,9 @@ type Config struct {
 	// request waiting for that refresh has its result; it runs in the
 	// goroutine of the request that started the refresh (which it delays,
 	// and only that one), or in a background goroutine of the Transport for
-	// a proactive refresh no request waits for. Hooks may be called
+	// a proactive refresh started in the background. In that second case a
+	// request that joined the refresh may return its result before the
+	// hook has run; Wait waits for such hooks too. Hooks may be called
 	// concurrently. A panic in a hook is recovered and logged; it does not
 	// fail the request.
 	OnRefresh func(RefreshEvent)

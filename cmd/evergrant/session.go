@@ -158,8 +158,11 @@ func connectSession(ctx context.Context, serverURL string, cfg sessionConfig) (*
 }
 
 // sessionWaitTimeout bounds how long a command waits, when it is done, for
-// a refresh the Transport started in the background.
-const sessionWaitTimeout = 10 * time.Second
+// a refresh the Transport started in the background: as long as such a
+// refresh may take (client.DefaultRefreshTimeout) and its save after it.
+// Giving up earlier could lose a refresh token the authorization server
+// has already rotated.
+const sessionWaitTimeout = client.DefaultRefreshTimeout + 15*time.Second
 
 // Close ends the MCP session, then waits (at most sessionWaitTimeout) for
 // a refresh the Transport runs in the background, so that a refresh token

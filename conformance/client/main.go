@@ -239,7 +239,7 @@ func (sc *scenario) run(ctx context.Context) error {
 	defer func() {
 		// A refresh running in the background finishes (and is counted)
 		// before the stats and the exit.
-		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), client.DefaultRefreshTimeout+15*time.Second)
 		defer cancel()
 		tr.Wait(wctx)
 		s := tr.Stats()
