@@ -36,7 +36,7 @@ func ccAuthorize(t *testing.T, opts fixture.Options, cfg client.Config) (*fixtur
 	t.Helper()
 	st := fixture.New(t, opts)
 	if cfg.Store == nil {
-		cfg.Store = store.NewMemory()
+		cfg.Store = new(store.Memory)
 	}
 	if cfg.Authorizer == nil {
 		cfg.Authorizer = &client.HeadlessAuthorizer{}
@@ -274,7 +274,7 @@ func TestRule7_LateUnauthorizedForReplacedTokenSendsNoRefresh(t *testing.T) {
 	})
 
 	t.Run("two transports sharing a store", func(t *testing.T) {
-		mem := store.NewMemory()
+		mem := new(store.Memory)
 		st, a := ccAuthorize(t, fixture.Options{}, client.Config{Store: mem})
 		b := client.NewTransport(client.Config{Store: mem})
 		ha, hb := &http.Client{Transport: a}, &http.Client{Transport: b}

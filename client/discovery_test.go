@@ -681,7 +681,7 @@ func TestAuthorize_StoredRegistrationReused(t *testing.T) {
 				}
 				return fs
 			}
-			mem := store.NewMemory()
+			mem := new(store.Memory)
 			st := fixture.New(t, fixture.Options{})
 			rec := &dcRecorder{}
 			var ids []string

@@ -253,7 +253,7 @@ func (s *hdLockSpy) Save(ctx context.Context, g *store.Grant) error {
 // progress (another process on a shared store) cannot overwrite it.
 func TestRule7_SignInSavedUnderTheGrantLock(t *testing.T) {
 	gate := newTokenGate(t)
-	ms := store.NewMemory()
+	ms := new(store.Memory)
 	st, tr := ccAuthorize(t, fixture.Options{}, client.Config{Store: ms, Base: gate, RefreshMargin: -1})
 	old := ccAccessToken(t, tr, st)
 	ccForceOld(st, old)
@@ -497,7 +497,7 @@ func TestRule2_RotatedRefreshTokenSavedPastTheRefreshDeadline(t *testing.T) {
 		<-r.Context().Done()
 		return resp, nil
 	})
-	ms := store.NewMemory()
+	ms := new(store.Memory)
 	st, tr := ccAuthorize(t, fixture.Options{}, client.Config{Store: ms, Base: base, RefreshMargin: -1, RefreshTimeout: 300 * time.Millisecond})
 	key, _ := client.ServerKey(st.URL)
 	before, err := ms.Load(t.Context(), key)

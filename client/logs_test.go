@@ -184,7 +184,7 @@ func TestRule10_NoTokenMaterialInLogsAndCounters(t *testing.T) {
 	}
 
 	// A: a public client from dynamic registration.
-	memA := store.NewMemory()
+	memA := new(store.Memory)
 	a := client.NewTransport(cfg(memA, nil))
 	ha := &http.Client{Transport: a}
 	if err := a.Authorize(t.Context(), st.URL); err != nil {

@@ -67,7 +67,7 @@ func sdkStack(t *testing.T, ttl time.Duration, stateless bool, wrap func(http.Ha
 // it keeps its grant in.
 func sdkTransport(cfg client.Config) (*client.Transport, store.Store) {
 	if cfg.Store == nil {
-		cfg.Store = store.NewMemory()
+		cfg.Store = new(store.Memory)
 	}
 	if cfg.Authorizer == nil {
 		cfg.Authorizer = &client.HeadlessAuthorizer{}

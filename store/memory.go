@@ -23,9 +23,6 @@ type Memory struct {
 
 type regKey struct{ issuer, redirectURI string }
 
-// NewMemory returns an empty Memory.
-func NewMemory() *Memory { return new(Memory) }
-
 var _ Store = (*Memory)(nil)
 
 // errNilGrant and errNoKey are returned by Save for grants that cannot be

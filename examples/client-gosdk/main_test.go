@@ -26,7 +26,7 @@ func TestRun(t *testing.T) {
 			return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: in.Text}}}, struct{}{}, nil
 		})
 	st := fixture.New(t, fixture.Options{Handler: mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return s }, nil)})
-	grants := store.NewMemory()
+	grants := new(store.Memory)
 
 	var out, errOut bytes.Buffer
 	if code := run(t.Context(), st.URL, client.Config{Store: grants, Authorizer: &client.HeadlessAuthorizer{}}, &out, &errOut); code != exitOK {

@@ -29,7 +29,7 @@ func TestRun(t *testing.T) {
 	// which the official SDK serves only statelessly.
 	st := fixture.New(t, fixture.Options{Handler: mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return s },
 		&mcp.StreamableHTTPOptions{Stateless: true})})
-	grants := store.NewMemory()
+	grants := new(store.Memory)
 
 	var out, errOut bytes.Buffer
 	if code := run(t.Context(), st.URL, client.Config{Store: grants, Authorizer: &client.HeadlessAuthorizer{}}, &out, &errOut); code != exitOK {
