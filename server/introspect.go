@@ -200,14 +200,11 @@ func (v *IntrospectionVerifier) introspect(ctx context.Context, token string, ke
 	ctx, cancel := context.WithTimeout(ctx, introspectionTimeout)
 	defer cancel()
 	form := url.Values{"token": {token}, "token_type_hint": {"access_token"}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, v.endpoint, strings.NewReader(form.Encode()))
+	auth := oauth.ClientAuth{ID: v.clientID, Secret: v.clientSecret, Method: oauth.AuthMethodClientSecretBasic}
+	req, err := oauth.NewFormRequest(ctx, v.endpoint, form, auth)
 	if err != nil {
 		return nil, fmt.Errorf("%w: introspection: %w", ErrVerifierUnavailable, err)
 	}
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	req.Header.Set("Accept", "application/json")
-	// RFC 6749 §2.3.1: both parts are form-urlencoded before Basic encoding.
-	req.SetBasicAuth(url.QueryEscape(v.clientID), url.QueryEscape(v.clientSecret))
 	resp, err := v.client.Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("%w: introspection: %w", ErrVerifierUnavailable, err)
