@@ -569,7 +569,7 @@ func TestFetcherDefaults(t *testing.T) {
 	if tr.Proxy != nil {
 		t.Error("Transport.Proxy is set")
 	}
-	if f.httpClient() != f.httpClient() {
+	if c1, c2 := f.httpClient(), f.httpClient(); c1 != c2 {
 		t.Error("client rebuilt")
 	}
 }

@@ -104,11 +104,10 @@ type client struct {
 	server string
 	hc     *http.Client
 
-	resourceMetadata string
-	scope            string
-	as               *oauth.AuthServerMetadata
-	clientID         string
-	clientSecret     string
+	scope        string
+	as           *oauth.AuthServerMetadata
+	clientID     string
+	clientSecret string
 
 	access, refresh, firstRefresh string
 	session                       string
