@@ -1,7 +1,8 @@
 // Command upstream-server is a runnable model of an MCP server that wraps an
 // upstream API with the user's delegated token (package
-// examples/upstream), protected by evergrant's bearer middleware and
-// trusting an authorization server you name.
+// internal/upstream, which `evergrant serve` runs too), protected by
+// evergrant's bearer middleware and trusting an authorization server you
+// name.
 //
 //	go run ./cmd/evergrant serve --resource http://127.0.0.1:8500/mcp &
 //	go run ./examples/upstream-server -issuer http://127.0.0.1:8400 \
@@ -21,7 +22,7 @@ import (
 
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
-	"github.com/evergrant/evergrant/examples/upstream"
+	"github.com/evergrant/evergrant/internal/upstream"
 	"github.com/evergrant/evergrant/oauth"
 	"github.com/evergrant/evergrant/server"
 )

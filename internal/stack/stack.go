@@ -14,7 +14,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/evergrant/evergrant/authserver"
-	"github.com/evergrant/evergrant/examples/upstream"
+	"github.com/evergrant/evergrant/internal/upstream"
 	"github.com/evergrant/evergrant/oauth"
 	"github.com/evergrant/evergrant/server"
 )
