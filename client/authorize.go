@@ -91,7 +91,7 @@ func (t *Transport) authorizeOnce(ctx context.Context, key string, ch oauth.Bear
 }
 
 // authorize is the authorization code flow with PKCE of the MCP
-// authorization specification (DESIGN §3.2).
+// authorization specification (docs/design.md#client-discovery).
 func (t *Transport) authorize(ctx context.Context, key string, ch oauth.BearerChallenge, extra []string) (*store.Grant, error) {
 	fail := func(err error) (*store.Grant, error) {
 		return nil, &NeedsReauthError{Server: key, Reason: ReasonAuthorizationFailed, Err: fmt.Errorf("%w: %w", ErrAuthorization, err)}
@@ -171,7 +171,7 @@ func (t *Transport) authorize(ctx context.Context, key string, ch oauth.BearerCh
 		AuthMethod: creds.authMethod(), Scopes: scopes,
 	}
 	t.apply(g, tr)
-	// Saved under the grant's lock, as a refresh saves (rule 7): a refresh
+	// Saved under the grant's lock, as a refresh saves (client-rule-7): a refresh
 	// in progress elsewhere finishes first and then finds this grant when
 	// it reloads, instead of overwriting it with the old grant's refresh.
 	// The lock is taken only now, after the interactive step.
@@ -182,13 +182,13 @@ func (t *Transport) authorize(ctx context.Context, key string, ch oauth.BearerCh
 	err = t.store.Save(ctx, g)
 	if err == nil {
 		// A new grant: failures remembered for the old one are over.
-		t.freshGrant(g)
+		t.grant(key).renewed(g)
 	}
 	unlock()
 	if err != nil {
 		return nil, fmt.Errorf("save grant: %w", err)
 	}
-	t.count(statAuthorizations)
+	t.stats.authorizations.Add(1)
 	t.log.Info("authorized", "grant_id", grantID(key), "server", key, "issuer", as.Issuer,
 		"scope", oauth.FormatScope(g.Scopes), "refresh_token", g.RefreshToken != "")
 	t.emit(Event{Kind: EventAuthorize, Server: key})

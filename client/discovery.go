@@ -66,9 +66,8 @@ func (t *Transport) getDocument(ctx context.Context, u string) ([]byte, error) {
 // "Authorization Server Discovery"). metadataURL is the challenge's
 // resource_metadata, if any.
 func (t *Transport) discover(ctx context.Context, key, metadataURL string) (*discovered, error) {
-	t.mu.Lock()
-	d := t.discovery[key]
-	t.mu.Unlock()
+	gs := t.grant(key)
+	d := gs.discovery()
 	if d != nil && metadataURL == "" {
 		return d, nil
 	}
@@ -76,9 +75,7 @@ func (t *Transport) discover(ctx context.Context, key, metadataURL string) (*dis
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", ErrDiscovery, key, err)
 	}
-	t.mu.Lock()
-	t.discovery[key] = d
-	t.mu.Unlock()
+	gs.setDiscovery(d)
 	return d, nil
 }
 

@@ -19,25 +19,28 @@ var (
 	ErrInsufficientScope = errors.New("insufficient_scope")
 )
 
+// Reason says why a NeedsReauthError was returned.
+type Reason string
+
 // Reasons of a NeedsReauthError.
 const (
 	// ReasonNoGrant: no grant is stored for the server and no interactive
 	// authorizer is configured.
-	ReasonNoGrant = "no_grant"
+	ReasonNoGrant Reason = "no_grant"
 	// ReasonNoRefreshToken: the access token was rejected and the grant
 	// holds no refresh token.
-	ReasonNoRefreshToken = "no_refresh_token"
+	ReasonNoRefreshToken Reason = "no_refresh_token"
 	// ReasonRefreshRejected: the authorization server refused the refresh
 	// token (for example invalid_grant); it has been discarded.
-	ReasonRefreshRejected = "refresh_rejected"
+	ReasonRefreshRejected Reason = "refresh_rejected"
 	// ReasonRejectedAfterRefresh: the server rejected the token obtained by
-	// a refresh too (DESIGN §3.1 rule 5).
-	ReasonRejectedAfterRefresh = "rejected_after_refresh"
+	// a refresh too (docs/design.md#client-rule-5).
+	ReasonRejectedAfterRefresh Reason = "rejected_after_refresh"
 	// ReasonRejectedAfterAuthorization: the server rejected the token of a
 	// fresh authorization.
-	ReasonRejectedAfterAuthorization = "rejected_after_authorization"
+	ReasonRejectedAfterAuthorization Reason = "rejected_after_authorization"
 	// ReasonAuthorizationFailed: the interactive authorization failed.
-	ReasonAuthorizationFailed = "authorization_failed"
+	ReasonAuthorizationFailed Reason = "authorization_failed"
 )
 
 // NeedsReauthError reports that a request cannot succeed until the user
@@ -48,8 +51,8 @@ type NeedsReauthError struct {
 	Server string
 	// Issuer is the authorization server, when known.
 	Issuer string
-	// Reason is one of the Reason constants.
-	Reason string
+	// Reason says why.
+	Reason Reason
 	// ErrorCode and ErrorDescription are the OAuth error of the refusal,
 	// when there was one (for example "invalid_grant").
 	ErrorCode        string
@@ -84,7 +87,7 @@ func (e *NeedsReauthError) Unwrap() error { return e.Err }
 
 // RefreshUnavailableError reports that a refresh could not be done because
 // the authorization server was unreachable, timed out or answered 5xx
-// (DESIGN §3.1 rule 4). The refresh token is kept. It matches
+// (docs/design.md#client-rule-4). The refresh token is kept. It matches
 // ErrRefreshUnavailable.
 type RefreshUnavailableError struct {
 	Server string
@@ -113,7 +116,7 @@ func (e *RefreshUnavailableError) Is(target error) bool { return target == ErrRe
 func (e *RefreshUnavailableError) Unwrap() error { return e.Err }
 
 // InsufficientScopeError reports a 403 insufficient_scope the Transport
-// could not resolve by authorizing again (DESIGN §3.1 rule 6). It matches
+// could not resolve by authorizing again (docs/design.md#client-rule-6). It matches
 // ErrInsufficientScope.
 type InsufficientScopeError struct {
 	Server string

@@ -169,7 +169,7 @@ func TestRule8_ProactiveRefreshInBackgroundWithBackoff(t *testing.T) {
 			t.Fatalf("request %d: %v", id, err)
 		}
 	}
-	refresh := func(outcome string) {
+	refresh := func(outcome client.Outcome) {
 		t.Helper()
 		if ev := hdRecv(t, events, "the proactive refresh"); !ev.Proactive || ev.Outcome != outcome {
 			t.Fatalf("refresh event %+v, want a proactive refresh with outcome %s", ev, outcome)

@@ -239,7 +239,7 @@ func TestRule10_NoTokenMaterialInLogsAndCounters(t *testing.T) {
 	for _, e := range events {
 		kinds[e.Kind]++
 	}
-	outcomes := map[string]int64{}
+	outcomes := map[client.Outcome]int64{}
 	for _, e := range refresh {
 		outcomes[e.Outcome]++
 	}

@@ -15,7 +15,7 @@ import (
 )
 
 // refreshGrant returns a grant whose access token is not failed, refreshing
-// the grant if nobody else has (DESIGN §3.1 rule 7): one refresh per grant
+// the grant if nobody else has (docs/design.md#client-rule-7): one refresh per grant
 // however many requests ask at once, in this process (singleflight) and
 // across processes sharing the store (its lock). The refresh runs on its own
 // timeout, detached from the callers' contexts, because a refresh token the
@@ -25,8 +25,8 @@ import (
 // The hooks of the refresh run after it, outside the flight, in the
 // goroutine of the caller that started it: the other callers have their
 // result by then and do not wait for them.
-func (t *Transport) refreshGrant(ctx context.Context, key, failed string, proactive bool) (*store.Grant, error) {
-	g, hooks, err := t.refreshFlight(ctx, key, failed, proactive)
+func (t *Transport) refreshGrant(ctx context.Context, gs *grantState, failed string, proactive bool) (*store.Grant, error) {
+	g, hooks, err := t.refreshFlight(ctx, gs, failed, proactive)
 	t.runHooks(hooks)
 	return g, err
 }
@@ -39,17 +39,17 @@ type flightResult struct {
 	owner *int // identifies the call that started the flight
 }
 
-// refreshFlight starts or joins the refresh flight of key's grant away from
+// refreshFlight starts or joins the refresh flight of gs's grant away from
 // the access token failed. It returns the hooks of the refresh (to run once
 // the caller is ready) only to the caller that started the flight; if that
 // caller gives up, a background goroutine runs them when the flight ends.
-func (t *Transport) refreshFlight(ctx context.Context, key, failed string, proactive bool) (*store.Grant, *later, error) {
+func (t *Transport) refreshFlight(ctx context.Context, gs *grantState, failed string, proactive bool) (*store.Grant, *later, error) {
 	me := new(int)
-	ch := t.refresh.DoChan(flightKey(key, failed), func() (any, error) {
+	ch := t.refresh.DoChan(flightKey(gs.key, failed), func() (any, error) {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), t.cfg.RefreshTimeout)
 		defer cancel()
 		l := &later{}
-		g, err := t.refreshLocked(rctx, key, failed, proactive, l)
+		g, err := t.refreshLocked(rctx, gs, failed, proactive, l)
 		return &flightResult{g: g, err: err, hooks: l, owner: me}, nil
 	})
 	select {
@@ -78,7 +78,7 @@ func (t *Transport) refreshFlight(ctx context.Context, key, failed string, proac
 func flightKey(key, failed string) string { return key + "\x00" + tokenHash(failed) }
 
 // pendingRefresh is the refresh a request started or joined before it was
-// sent (rule 8): running in the background, or finished.
+// sent (docs/design.md#client-rule-8): running in the background, or finished.
 type pendingRefresh struct {
 	done chan struct{} // closed when g and err are set
 	g    *store.Grant
@@ -105,60 +105,26 @@ func (p *pendingRefresh) wait(ctx context.Context) (*store.Grant, error) {
 	}
 }
 
-// refreshInBackground starts a proactive refresh of key's grant away from
+// refreshInBackground starts a proactive refresh of gs's grant away from
 // the still valid access token failed, or joins the one running, without
-// waiting for it. The refresh is the same single flight as any other; its
+// waiting for it; nil while the backoff after an unavailable authorization
+// server lasts. The refresh is the same single flight as any other; its
 // hooks run in the background goroutine after the result is delivered.
-func (t *Transport) refreshInBackground(ctx context.Context, key, failed string) *pendingRefresh {
-	flight := flightKey(key, failed)
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if p := t.pending[flight]; p != nil {
+func (t *Transport) refreshInBackground(ctx context.Context, gs *grantState, failed string) *pendingRefresh {
+	p, start := gs.startProactive(failed, t.now())
+	if !start {
 		return p
 	}
-	p := &pendingRefresh{done: make(chan struct{})}
-	t.pending[flight] = p
 	t.bg.add()
 	go func() {
 		defer t.bg.done()
 		// Detached from the request, which may end first; the refresh is
 		// bounded by RefreshTimeout.
-		g, hooks, err := t.refreshFlight(context.WithoutCancel(ctx), key, failed, true)
-		t.mu.Lock()
-		delete(t.pending, flight)
-		p.g, p.err = g, err
-		t.mu.Unlock()
-		close(p.done)
+		g, hooks, err := t.refreshFlight(context.WithoutCancel(ctx), gs, failed, true)
+		gs.proactiveDone(failed, p, g, err)
 		t.runHooks(hooks)
 	}()
 	return p
-}
-
-// proactiveAllowed reports whether a proactive refresh of key's grant may
-// start now: not while the backoff after an unavailable one lasts.
-func (t *Transport) proactiveAllowed(key string) bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	b, ok := t.backoff[key]
-	return !ok || !t.now().Before(b.until)
-}
-
-// refreshUnavailable holds proactive refreshes of key's grant back, for
-// RefreshBackoff after the first failure, doubling after each further one.
-func (t *Transport) refreshUnavailable(key string) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	d := t.cfg.RefreshBackoff
-	if b, ok := t.backoff[key]; ok {
-		d = min(2*b.delay, max(MaxRefreshBackoff, t.cfg.RefreshBackoff))
-	}
-	t.backoff[key] = backoffState{until: t.now().Add(d), delay: d}
-}
-
-func (t *Transport) clearBackoff(key string) {
-	t.mu.Lock()
-	delete(t.backoff, key)
-	t.mu.Unlock()
 }
 
 // saveContext is the context a grant is saved with once the token
@@ -169,7 +135,8 @@ func saveContext(ctx context.Context) (context.Context, context.CancelFunc) {
 }
 
 // refreshLocked is the lock, reload, refresh-if-needed, save protocol.
-func (t *Transport) refreshLocked(ctx context.Context, key, failed string, proactive bool, l *later) (*store.Grant, error) {
+func (t *Transport) refreshLocked(ctx context.Context, gs *grantState, failed string, proactive bool, l *later) (*store.Grant, error) {
+	key := gs.key
 	unlock, err := t.store.Lock(ctx, key)
 	if err != nil {
 		return nil, &RefreshUnavailableError{Server: key, Err: fmt.Errorf("lock grant: %w", err)}
@@ -177,30 +144,30 @@ func (t *Transport) refreshLocked(ctx context.Context, key, failed string, proac
 	defer unlock()
 	g, err := t.store.Load(ctx, key)
 	if errors.Is(err, store.ErrNotFound) {
-		t.forget(key)
-		return nil, t.needsReauthLater(l, key, nil, ReasonNoGrant, nil)
+		gs.lost()
+		return nil, t.needsReauth(l, gs, nil, ReasonNoGrant, nil)
 	}
 	if err != nil {
 		return nil, &RefreshUnavailableError{Server: key, Err: fmt.Errorf("load grant: %w", err)}
 	}
 	// Someone else refreshed (or signed in) since this token was sent: use
-	// their result without a new grant (rule 7).
+	// their result without a new grant (client-rule-7).
 	if g.AccessToken != "" && g.AccessToken != failed && !(proactive && t.expiresSoon(g)) {
-		t.adopt(g)
-		t.clearBackoff(key)
+		gs.loaded(g)
+		gs.endBackoff()
 		return g, nil
 	}
 	if g.RefreshToken == "" {
-		t.remember(g)
-		return nil, t.needsReauthLater(l, key, g, ReasonNoRefreshToken, nil)
+		gs.changed(g)
+		return nil, t.needsReauth(l, gs, g, ReasonNoRefreshToken, nil)
 	}
 	start := t.now()
-	t.count(statRefreshes)
+	t.stats.refreshes.Add(1)
 	resp, err := t.tokenRequest(ctx, g, url.Values{
 		"grant_type":    {oauth.GrantTypeRefreshToken},
 		"refresh_token": {g.RefreshToken},
 	})
-	ev := RefreshEvent{Server: key, GrantID: grantID(key), Proactive: proactive, Latency: t.now().Sub(start)}
+	ev := RefreshEvent{Server: key, GrantID: gs.id, Proactive: proactive, Latency: t.now().Sub(start)}
 	// The token endpoint has answered: what it said is saved even if the
 	// refresh's deadline passes now.
 	sctx, cancel := saveContext(ctx)
@@ -208,7 +175,7 @@ func (t *Transport) refreshLocked(ctx context.Context, key, failed string, proac
 	var oe *oauth.Error
 	switch {
 	case errors.As(err, &oe) && rejectsRefresh(oe.Status()):
-		// Rule 3: the refresh token is refused: discard it, keep the rest of
+		// client-rule-3: the refresh token is refused: discard it, keep the rest of
 		// the grant (client registration, endpoints) for a new sign-in.
 		g.RefreshToken = ""
 		if !proactive || g.Expiry.IsZero() || !t.now().Before(g.Expiry) {
@@ -228,13 +195,13 @@ func (t *Transport) refreshLocked(ctx context.Context, key, failed string, proac
 				t.log.Error("forget stale registration", "grant_id", ev.GrantID, "error", derr)
 			}
 		}
-		t.remember(g)
-		t.clearBackoff(key)
-		ev.Outcome, ev.Err = "rejected", oe
+		gs.changed(g)
+		gs.endBackoff()
+		ev.Outcome, ev.Err = OutcomeRejected, oe
 		t.refreshed(l, ev)
-		return nil, t.needsReauthLater(l, key, g, ReasonRefreshRejected, oe)
+		return nil, t.needsReauth(l, gs, g, ReasonRefreshRejected, oe)
 	case err != nil:
-		// Rule 4: unreachable, timed out or 5xx: keep the refresh token.
+		// client-rule-4: unreachable, timed out or 5xx: keep the refresh token.
 		ue := &RefreshUnavailableError{Server: key, Issuer: g.Issuer, Err: err}
 		var se *statusError
 		if oe != nil {
@@ -242,12 +209,12 @@ func (t *Transport) refreshLocked(ctx context.Context, key, failed string, proac
 		} else if errors.As(err, &se) {
 			ue.StatusCode = se.status
 		}
-		t.refreshUnavailable(key)
-		ev.Outcome, ev.Err = "unavailable", ue
+		gs.unavailable(t.now(), t.cfg.RefreshBackoff)
+		ev.Outcome, ev.Err = OutcomeUnavailable, ue
 		t.refreshed(l, ev)
 		return nil, ue
 	}
-	// Rule 2: rotation replaces the refresh token; an answer without one
+	// client-rule-2: rotation replaces the refresh token; an answer without one
 	// keeps the old one. The grant is saved before anyone retries.
 	ev.Rotated = resp.RefreshToken != "" && resp.RefreshToken != g.RefreshToken
 	t.apply(g, resp)
@@ -261,8 +228,8 @@ func (t *Transport) refreshLocked(ctx context.Context, key, failed string, proac
 		}
 	}
 	// A successful refresh: failures remembered for the grant are over.
-	t.freshGrant(g)
-	ev.Outcome = "ok"
+	gs.renewed(g)
+	ev.Outcome = OutcomeOK
 	t.refreshed(l, ev)
 	return g, nil
 }
@@ -274,8 +241,8 @@ func rejectsRefresh(status int) bool {
 }
 
 func (t *Transport) refreshed(l *later, ev RefreshEvent) {
-	if ev.Outcome != "ok" {
-		t.count(statRefreshFailure)
+	if ev.Outcome != OutcomeOK {
+		t.stats.refreshFailures.Add(1)
 	}
 	t.log.Info("refresh", "grant_id", ev.GrantID, "server", ev.Server, "outcome", ev.Outcome,
 		"rotated", ev.Rotated, "proactive", ev.Proactive, "latency", ev.Latency, "error", errString(ev.Err))
@@ -309,12 +276,6 @@ func (t *Transport) apply(g *store.Grant, resp *oauth.TokenResponse) {
 		g.Scopes = oauth.ParseScope(resp.Scope)
 	}
 	g.UpdatedAt = t.now()
-}
-
-func (t *Transport) forget(key string) {
-	t.mu.Lock()
-	delete(t.cache, key)
-	t.mu.Unlock()
 }
 
 // tokenRequest posts form to g's token endpoint with the client

@@ -294,7 +294,7 @@ func TestSDK_Rule1_RefreshAfterAccessTokenRevoked(t *testing.T) {
 
 // checkNeedsReauth checks that err carries a *client.NeedsReauthError for
 // a refused refresh, through errors.As and errors.Is.
-func checkNeedsReauth(t *testing.T, err error, reason string) *client.NeedsReauthError {
+func checkNeedsReauth(t *testing.T, err error, reason client.Reason) *client.NeedsReauthError {
 	t.Helper()
 	if err == nil {
 		t.Fatal("no error")

@@ -3,25 +3,26 @@
 // grants in a store, and keeps a session working through token expiry by
 // refreshing silently and retrying the original request once.
 //
-// The rules it follows are DESIGN §3.1; each is named in a comment where it
-// is implemented, and in the test that checks it.
+// The rules it follows are the client rules of the repository's design
+// document, docs/design.md#client-rules; each is cited by its anchor (for
+// example client-rule-5) in a comment where it is implemented, and named
+// in the test that checks it. docs/client-refresh.md explains the refresh
+// behaviour for users: when a request waits, when it is retried, and what
+// a host sees when the user must sign in again.
 package client
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
 	"net/url"
 	"runtime/debug"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,7 +38,6 @@ const (
 	DefaultRefreshMargin   = 60 * time.Second
 	DefaultRefreshTimeout  = 30 * time.Second
 	DefaultMaxBufferedBody = 4 << 20
-	DefaultHTTPTimeout     = 30 * time.Second
 	// DefaultRefreshBackoff is how long, after a proactive refresh found the
 	// authorization server unavailable, no other proactive refresh of the
 	// grant starts; it doubles with each such failure up to
@@ -47,6 +47,10 @@ const (
 	// larger).
 	MaxRefreshBackoff = time.Minute
 )
+
+// authHTTPTimeout bounds each request to an authorization server
+// (discovery, registration, token, revocation).
+const authHTTPTimeout = 30 * time.Second
 
 // saveTimeout bounds the save of a grant after a token endpoint answered:
 // the save runs detached from the refresh's deadline, so a rotated refresh
@@ -94,7 +98,7 @@ type Config struct {
 	// that a background refresh's result is saved.
 	RefreshMargin time.Duration
 	// RefreshBackoff: after a proactive refresh found the authorization
-	// server unavailable (rule 4), no other proactive refresh of that grant
+	// server unavailable (client-rule-4), no other proactive refresh of that grant
 	// starts for this long, doubling with each further failure up to
 	// MaxRefreshBackoff (or RefreshBackoff, if larger). A refresh after a
 	// 401, or before sending an expired token, is not held back. Zero means
@@ -144,9 +148,8 @@ type RefreshEvent struct {
 	// identifier of the grant for logs (not a secret).
 	Server  string
 	GrantID string
-	// Outcome is "ok", "rejected" (the refresh token was refused) or
-	// "unavailable" (the authorization server failed or was unreachable).
-	Outcome string
+	// Outcome says how the refresh ended.
+	Outcome Outcome
 	// Rotated reports whether the answer carried a new refresh token.
 	Rotated bool
 	// Proactive is true for a refresh before expiry, false after a 401.
@@ -154,6 +157,21 @@ type RefreshEvent struct {
 	Latency   time.Duration
 	Err       error
 }
+
+// Outcome is how a refresh ended.
+type Outcome string
+
+// Outcomes of a refresh.
+const (
+	// OutcomeOK: the authorization server issued new tokens.
+	OutcomeOK Outcome = "ok"
+	// OutcomeRejected: the authorization server refused the refresh token
+	// (docs/design.md#client-rule-3).
+	OutcomeRejected Outcome = "rejected"
+	// OutcomeUnavailable: the authorization server failed or was
+	// unreachable; the refresh token is kept (docs/design.md#client-rule-4).
+	OutcomeUnavailable Outcome = "unavailable"
+)
 
 // EventKind names an Event.
 type EventKind string
@@ -218,38 +236,28 @@ type Transport struct {
 	refresh singleflight.Group
 	authz   singleflight.Group
 
-	mu        sync.Mutex
-	cache     map[string]*store.Grant     // last known grant by key
-	rejected  map[string]string           // key -> hash of an access token rejected after refresh
-	reauthed  map[string]bool             // key -> OnNeedsReauth fired for the current grant
-	backoff   map[string]backoffState     // key -> proactive refresh held back after "unavailable"
-	pending   map[string]*pendingRefresh  // flight -> refresh running in the background
-	discovery map[string]*discovered      // key -> discovery result
-	stats     struct{ a [7]atomic.Int64 } // in Stats field order
+	mu     sync.Mutex
+	grants map[string]*grantState // by server key; see grant.go
 
-	bg tracker // background goroutines (refreshes and their hooks)
+	stats counters
+	bg    tracker // background goroutines (refreshes and their hooks)
 }
 
-// backoffState holds proactive refreshes of a grant back until until.
-type backoffState struct {
-	until time.Time
-	delay time.Duration
+// counters are the Transport's Stats, counted as they happen.
+type counters struct {
+	requests, unauthorized, refreshes, refreshFailures atomic.Int64
+	retries, needsReauth, authorizations               atomic.Int64
 }
 
 // NewTransport returns a Transport for cfg.
 func NewTransport(cfg Config) *Transport {
 	t := &Transport{
-		cfg:       cfg,
-		base:      cfg.Base,
-		store:     cfg.Store,
-		log:       cfg.Logger,
-		now:       cfg.Now,
-		cache:     map[string]*store.Grant{},
-		rejected:  map[string]string{},
-		reauthed:  map[string]bool{},
-		backoff:   map[string]backoffState{},
-		pending:   map[string]*pendingRefresh{},
-		discovery: map[string]*discovered{},
+		cfg:    cfg,
+		base:   cfg.Base,
+		store:  cfg.Store,
+		log:    cfg.Logger,
+		now:    cfg.Now,
+		grants: map[string]*grantState{},
 	}
 	if t.base == nil {
 		t.base = http.DefaultTransport
@@ -280,7 +288,7 @@ func NewTransport(cfg Config) *Transport {
 	}
 	t.authc = &http.Client{
 		Transport: t.base,
-		Timeout:   DefaultHTTPTimeout,
+		Timeout:   authHTTPTimeout,
 		// Authorization server answers are read as they come; a redirect
 		// from a token or registration endpoint is an error.
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
@@ -290,21 +298,17 @@ func NewTransport(cfg Config) *Transport {
 
 // Stats returns the counters.
 func (t *Transport) Stats() Stats {
-	a := &t.stats.a
-	return Stats{a[0].Load(), a[1].Load(), a[2].Load(), a[3].Load(), a[4].Load(), a[5].Load(), a[6].Load()}
+	c := &t.stats
+	return Stats{
+		Requests:       c.requests.Load(),
+		Unauthorized:   c.unauthorized.Load(),
+		Refreshes:      c.refreshes.Load(),
+		RefreshFailure: c.refreshFailures.Load(),
+		Retries:        c.retries.Load(),
+		NeedsReauth:    c.needsReauth.Load(),
+		Authorizations: c.authorizations.Load(),
+	}
 }
-
-const (
-	statRequests = iota
-	statUnauthorized
-	statRefreshes
-	statRefreshFailure
-	statRetries
-	statNeedsReauth
-	statAuthorizations
-)
-
-func (t *Transport) count(i int) { t.stats.a[i].Add(1) }
 
 func (t *Transport) emit(e Event) {
 	if t.cfg.OnEvent != nil {
@@ -407,145 +411,46 @@ func tokenHash(tok string) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// currentGrant returns the grant for key from the cache, else the store.
-func (t *Transport) currentGrant(ctx context.Context, key string) (*store.Grant, error) {
-	t.mu.Lock()
-	g := t.cache[key]
-	t.mu.Unlock()
-	// A cached grant without an access token (its refresh was refused) is
-	// looked up again: another process (evergrant login) may have signed in.
-	if g != nil && g.AccessToken != "" {
+// currentGrant returns gs's grant from the cache, else the store (nil when
+// none is stored).
+func (t *Transport) currentGrant(ctx context.Context, gs *grantState) (*store.Grant, error) {
+	if g := gs.usable(); g != nil {
 		return g, nil
 	}
-	g, err := t.store.Load(ctx, key)
+	g, err := t.store.Load(ctx, gs.key)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("load grant: %w", err)
 	}
-	t.adopt(g)
+	gs.loaded(g)
 	return g, nil
 }
 
-// adopt caches a grant loaded from the store; a grant with an access token
-// this Transport has not seen (someone signed in, in another process) is a
-// new grant for the once-per-grant hook and the rejected-token memo.
-func (t *Transport) adopt(g *store.Grant) {
-	t.mu.Lock()
-	old := t.cache[g.Key]
-	if g.AccessToken != "" && (old == nil || old.AccessToken != g.AccessToken) {
-		delete(t.reauthed, g.Key)
-		if t.rejected[g.Key] != tokenHash(g.AccessToken) {
-			delete(t.rejected, g.Key)
-		}
-	}
-	t.cache[g.Key] = g.Clone()
-	t.mu.Unlock()
-}
-
-func (t *Transport) remember(g *store.Grant) {
-	t.mu.Lock()
-	t.cache[g.Key] = g.Clone()
-	t.mu.Unlock()
-}
-
-// freshGrant caches a grant just obtained (by a refresh or a sign-in) and
-// clears what this Transport remembered of the grant's failures: the
-// rejected-after-refresh marker, the once-per-grant needs-reauth flag and
-// the proactive refresh backoff. A later failure is handled anew.
-func (t *Transport) freshGrant(g *store.Grant) {
-	t.mu.Lock()
-	t.cache[g.Key] = g.Clone()
-	delete(t.rejected, g.Key)
-	delete(t.reauthed, g.Key)
-	delete(t.backoff, g.Key)
-	t.mu.Unlock()
-}
-
-// accepted forgets the rejected-after-refresh marker of token when the
-// server accepted it after all (a passing failure of the server): a later
-// 401 for it is a new failure, refreshed again.
-func (t *Transport) accepted(key, token string, status int) {
-	if token == "" || status >= 400 {
-		return
-	}
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if h, ok := t.rejected[key]; ok && h == tokenHash(token) {
-		delete(t.rejected, key)
-	}
-}
-
-// body is a request body that can be sent more than once.
-type body struct {
-	replayable bool
-	getBody    func() (io.ReadCloser, error)
-}
-
-// prepareBody makes req's body replayable (DESIGN §3.1 rule 9): through
-// GetBody, or by buffering up to MaxBufferedBody. A larger body is sent
-// once, as it is.
-func (t *Transport) prepareBody(req *http.Request) (body, *http.Request, error) {
-	if req.Body == nil || req.Body == http.NoBody {
-		return body{replayable: true, getBody: func() (io.ReadCloser, error) { return http.NoBody, nil }}, req, nil
-	}
-	if req.GetBody != nil {
-		return body{replayable: true, getBody: req.GetBody}, req, nil
-	}
-	buf, err := io.ReadAll(io.LimitReader(req.Body, t.cfg.MaxBufferedBody+1))
-	if err != nil {
-		req.Body.Close()
-		return body{}, nil, fmt.Errorf("read request body: %w", err)
-	}
-	r2 := req.Clone(req.Context())
-	if int64(len(buf)) > t.cfg.MaxBufferedBody {
-		rest := req.Body
-		r2.Body = struct {
-			io.Reader
-			io.Closer
-		}{io.MultiReader(bytes.NewReader(buf), rest), rest}
-		return body{replayable: false}, r2, nil
-	}
-	req.Body.Close()
-	get := func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(buf)), nil }
-	r2.Body, _ = get()
-	r2.GetBody = get
-	r2.ContentLength = int64(len(buf))
-	return body{replayable: true, getBody: get}, r2, nil
-}
-
-// send sends one attempt of req with token (or none).
-func (t *Transport) send(req *http.Request, b body, token string, first bool) (*http.Response, error) {
-	r := req.Clone(req.Context())
-	if !first || req.Body == nil {
-		if b.getBody == nil {
-			return nil, errors.New("request body cannot be replayed")
-		}
-		rc, err := b.getBody()
-		if err != nil {
-			return nil, fmt.Errorf("replay request body: %w", err)
-		}
-		r.Body = rc
-	}
-	if token != "" {
-		r.Header.Set("Authorization", "Bearer "+token)
-	}
-	return t.base.RoundTrip(r)
-}
-
-// discard drains a little of a response body and closes it, so the
-// connection can be reused.
-func discard(resp *http.Response) {
-	io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-	resp.Body.Close()
-}
-
-// RoundTrip implements http.RoundTripper with the refresh rules of DESIGN
-// §3.1.
+// RoundTrip implements http.RoundTripper with the refresh rules of
+// docs/design.md#client-rules: it prepares the request (its grant, a
+// replayable body, a refresh of a token about to expire), sends it, and
+// decides on the answer.
 func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	t.stats.requests.Add(1)
+	c, err := t.prepare(req)
+	if err != nil {
+		return nil, err
+	}
+	t.emit(Event{Kind: EventRequest, Server: c.key(), Method: c.req.Method, Request: c.req})
+	resp, err := t.send(c, c.token, true)
+	if err != nil {
+		return nil, err
+	}
+	return t.decide(c, resp)
+}
+
+// prepare makes the call of req: its grant, its replayable body, and the
+// refresh of a token about to expire (docs/design.md#client-rule-8). On an
+// error req's body is closed.
+func (t *Transport) prepare(req *http.Request) (*call, error) {
 	ctx := req.Context()
-	t.count(statRequests)
 	key, err := ServerKey(req.URL.String())
 	if err == nil {
 		// Tokens never travel in clear text, except on loopback.
@@ -559,248 +464,34 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		return nil, err
 	}
-	g, err := t.currentGrant(ctx, key)
-	if err != nil {
+	c := &call{req: req, body: b, gs: t.grant(key)}
+	if c.g, err = t.currentGrant(ctx, c.gs); err != nil {
 		closeBody(req)
 		return nil, err
 	}
-	// Rule 8: refresh a token that is about to expire before sending it.
-	// prior is that refresh: the one refresh of this logical request
-	// (rule 5), which a 401 then waits for instead of starting another.
-	var prior *pendingRefresh
-	if g != nil && g.RefreshToken != "" && t.expiresSoon(g) {
+	if g := c.g; g != nil && g.RefreshToken != "" && t.expiresSoon(g) {
 		if !t.now().Before(g.Expiry) {
 			// Expired: the request cannot succeed without the refresh, so
-			// it waits. A refusal (rule 3) or an unavailable authorization
-			// server (rule 4) is this request's answer; the dead token is
-			// not sent.
-			ng, err := t.refreshGrant(ctx, key, g.AccessToken, true)
+			// it waits. A refusal (client-rule-3) or an unavailable
+			// authorization server (client-rule-4) is this request's
+			// answer; the dead token is not sent.
+			ng, err := t.refreshGrant(ctx, c.gs, g.AccessToken, true)
 			if err != nil {
 				closeBody(req)
 				return nil, err
 			}
-			g = ng
-			prior = finishedRefresh(ng)
-		} else if t.proactiveAllowed(key) {
+			c.g, c.prior = ng, finishedRefresh(ng)
+		} else {
 			// Still valid: refresh in the background and send the current
 			// token; a slow or failing token endpoint does not hold the
 			// request up.
-			prior = t.refreshInBackground(ctx, key, g.AccessToken)
+			c.prior = t.refreshInBackground(ctx, c.gs, g.AccessToken)
 		}
 	}
-	token := ""
-	if g != nil {
-		token = g.AccessToken
+	if c.g != nil {
+		c.token = c.g.AccessToken
 	}
-	t.emit(Event{Kind: EventRequest, Server: key, Method: req.Method, Request: req})
-	resp, err := t.send(req, b, token, true)
-	if err != nil {
-		return nil, err
-	}
-	t.accepted(key, token, resp.StatusCode)
-	return t.handle(ctx, req, b, key, g, token, prior, resp)
-}
-
-func closeBody(req *http.Request) {
-	if req.Body != nil {
-		req.Body.Close()
-	}
-}
-
-// handle decides what to do with the first answer to a request.
-func (t *Transport) handle(ctx context.Context, req *http.Request, b body, key string, g *store.Grant, token string, prior *pendingRefresh, resp *http.Response) (*http.Response, error) {
-	switch resp.StatusCode {
-	case http.StatusUnauthorized:
-		t.count(statUnauthorized)
-		ch, _ := oauth.ParseBearerChallenge(resp.Header)
-		t.emit(Event{Kind: EventUnauthorized, Server: key, Method: req.Method, Request: req, Status: resp.StatusCode, Challenge: strings.Join(resp.Header.Values("WWW-Authenticate"), ", ")})
-		if !b.replayable {
-			return resp, nil // rule 9: cannot retry, the 401 goes back as is
-		}
-		noRefresh := g == nil || g.RefreshToken == ""
-		switch {
-		case token != "" && ch.Error == oauth.ErrorInvalidToken && !noRefresh:
-			return t.refreshAndRetry(ctx, req, b, key, g, token, prior, resp)
-		case token != "" && noRefresh && t.cfg.Authorizer != nil && (ch.Error == "" || ch.Error == oauth.ErrorInvalidToken):
-			// Nothing to refresh with: sign in again (rule 6, last part),
-			// rediscovering from this challenge (the resource may have moved
-			// to another authorization server).
-			discard(resp)
-			return t.authorizeAndRetry(ctx, req, b, key, g, ch, nil, resp.StatusCode)
-		case token != "" && ch.Error == oauth.ErrorInvalidToken:
-			// Reload under the lock: another process may hold a refresh
-			// token; else needs_reauth (no_refresh_token).
-			return t.refreshAndRetry(ctx, req, b, key, g, token, nil, resp)
-		case token != "":
-			// Rule 6: no refresh on a 401 without error or with another
-			// error; the answer goes back as it is.
-			return resp, nil
-		default:
-			// No token was sent: authorize if we can (rule 6, last part).
-			discard(resp)
-			return t.authorizeAndRetry(ctx, req, b, key, g, ch, nil, resp.StatusCode)
-		}
-	case http.StatusForbidden:
-		ch, ok := oauth.ParseBearerChallenge(resp.Header)
-		if !ok || ch.Error != oauth.ErrorInsufficientScope {
-			return resp, nil
-		}
-		t.emit(Event{Kind: EventForbidden, Server: key, Method: req.Method, Request: req, Status: resp.StatusCode, Challenge: strings.Join(resp.Header.Values("WWW-Authenticate"), ", ")})
-		var granted []string
-		if g != nil {
-			granted = g.Scopes
-		}
-		// Only a POST may start a step-up sign-in (see authorizeAndRetry):
-		// for the event stream (GET) or a DELETE the answer is the scope
-		// error itself, not a needs-reauth.
-		if t.cfg.Authorizer == nil || !b.replayable || req.Method != http.MethodPost {
-			discard(resp)
-			return nil, &InsufficientScopeError{Server: key, Required: ch.Scope, Granted: granted, Description: ch.ErrorDescription}
-		}
-		// Rule 6: step-up for the union of granted and challenged scopes,
-		// once.
-		discard(resp)
-		union := slices.Clone(granted)
-		for _, s := range ch.Scope {
-			if !slices.Contains(union, s) {
-				union = append(union, s)
-			}
-		}
-		r2, err := t.authorizeAndRetry(ctx, req, b, key, g, ch, union, http.StatusForbidden)
-		if err != nil {
-			return nil, err
-		}
-		if r2.StatusCode == http.StatusForbidden {
-			if ch2, ok := oauth.ParseBearerChallenge(r2.Header); ok && ch2.Error == oauth.ErrorInsufficientScope {
-				discard(r2)
-				return nil, &InsufficientScopeError{Server: key, Required: ch2.Scope, Granted: union, Description: ch2.ErrorDescription}
-			}
-		}
-		return r2, nil
-	}
-	return resp, nil
-}
-
-// refreshAndRetry is rules 1, 2 and 5: one refresh, one retry. prior, when
-// set, is the refresh this request already started or joined before it was
-// sent (rule 8); it is the request's one refresh, and no other is started.
-func (t *Transport) refreshAndRetry(ctx context.Context, req *http.Request, b body, key string, g *store.Grant, token string, prior *pendingRefresh, resp *http.Response) (*http.Response, error) {
-	discard(resp)
-	t.mu.Lock()
-	rejected := t.rejected[key] == tokenHash(token)
-	t.mu.Unlock()
-	if rejected {
-		// This token already came from a refresh and was rejected: do not
-		// refresh again for it (rule 5 across reconnects). But another
-		// process may have signed in since: use its grant (rule 7).
-		if fresh, err := t.store.Load(ctx, key); err == nil && fresh.AccessToken != "" && fresh.AccessToken != token {
-			t.adopt(fresh)
-			return t.retry(ctx, req, b, key, fresh, ReasonRejectedAfterRefresh)
-		}
-		return nil, t.needsReauth(key, g, ReasonRejectedAfterRefresh, nil)
-	}
-	var ng *store.Grant
-	var err error
-	if prior != nil {
-		// The refresh before sending: its failure is this request's
-		// answer (rule 5: no second refresh).
-		if ng, err = prior.wait(ctx); err != nil {
-			return nil, err
-		}
-		if ng.AccessToken == token {
-			// The token the refresh gave was sent, and rejected.
-			return nil, t.rejectedAfterRefresh(key, ng)
-		}
-	} else {
-		// With no refresh token in the cached grant, refreshGrant still
-		// reloads under the lock: another process may have refreshed or
-		// signed in.
-		if ng, err = t.refreshGrant(ctx, key, token, false); err != nil {
-			return nil, err
-		}
-	}
-	t.count(statRetries)
-	t.emit(Event{Kind: EventRetry, Server: key, Method: req.Method, Request: req})
-	r2, err := t.send(req, b, ng.AccessToken, false)
-	if err != nil {
-		return nil, err
-	}
-	t.accepted(key, ng.AccessToken, r2.StatusCode)
-	if r2.StatusCode == http.StatusUnauthorized {
-		t.count(statUnauthorized)
-		ch, _ := oauth.ParseBearerChallenge(r2.Header)
-		t.emit(Event{Kind: EventUnauthorized, Server: key, Method: req.Method, Request: req, Status: r2.StatusCode, Challenge: strings.Join(r2.Header.Values("WWW-Authenticate"), ", ")})
-		if ch.Error == oauth.ErrorInvalidToken {
-			discard(r2)
-			return nil, t.rejectedAfterRefresh(key, ng)
-		}
-	}
-	return r2, nil
-}
-
-// rejectedAfterRefresh marks ng's access token, which a refresh gave and
-// the server rejected, so no later request refreshes for it (rule 5), and
-// returns the error.
-func (t *Transport) rejectedAfterRefresh(key string, ng *store.Grant) *NeedsReauthError {
-	t.mu.Lock()
-	t.rejected[key] = tokenHash(ng.AccessToken)
-	t.mu.Unlock()
-	return t.needsReauth(key, ng, ReasonRejectedAfterRefresh, nil)
-}
-
-// authorizeAndRetry runs the interactive authorization (if configured) and
-// sends the request once more.
-func (t *Transport) authorizeAndRetry(ctx context.Context, req *http.Request, b body, key string, g *store.Grant, ch oauth.BearerChallenge, scopes []string, status int) (*http.Response, error) {
-	// Another process may have signed in since this request was sent.
-	if status == http.StatusUnauthorized {
-		if fresh, err := t.store.Load(ctx, key); err == nil && fresh.AccessToken != "" && (g == nil || fresh.AccessToken != g.AccessToken) {
-			t.adopt(fresh)
-			return t.retry(ctx, req, b, key, fresh, ReasonRejectedAfterAuthorization)
-		}
-	}
-	// Only a POST (a call the host makes) may start a sign-in: a GET is the
-	// background event stream or its reconnect, a DELETE closes a session;
-	// neither may open a browser by itself.
-	if t.cfg.Authorizer == nil || req.Method != http.MethodPost {
-		reason := ReasonNoGrant
-		if g != nil {
-			reason = ReasonNoRefreshToken
-		}
-		return nil, t.needsReauth(key, g, reason, nil)
-	}
-	ng, err := t.authorizeOnce(ctx, key, ch, scopes)
-	if err != nil {
-		var ne *NeedsReauthError
-		if errors.As(err, &ne) {
-			t.count(statNeedsReauth)
-			t.emit(Event{Kind: EventNeedsReauth, Server: key, Err: err})
-		}
-		return nil, err
-	}
-	return t.retry(ctx, req, b, key, ng, ReasonRejectedAfterAuthorization)
-}
-
-// retry sends the request once more with g's token; a 401 then is final.
-func (t *Transport) retry(ctx context.Context, req *http.Request, b body, key string, g *store.Grant, reason string) (*http.Response, error) {
-	t.count(statRetries)
-	t.emit(Event{Kind: EventRetry, Server: key, Method: req.Method, Request: req})
-	r2, err := t.send(req, b, g.AccessToken, false)
-	if err != nil {
-		return nil, err
-	}
-	t.accepted(key, g.AccessToken, r2.StatusCode)
-	if r2.StatusCode == http.StatusUnauthorized {
-		t.count(statUnauthorized)
-		discard(r2)
-		return nil, t.needsReauth(key, g, reason, nil)
-	}
-	return r2, nil
-}
-
-// needsReauth builds the error, counts it, and fires OnNeedsReauth once per
-// grant.
-func (t *Transport) needsReauth(key string, g *store.Grant, reason string, oe *oauth.Error) *NeedsReauthError {
-	return t.needsReauthLater(nil, key, g, reason, oe)
+	return c, nil
 }
 
 // later collects the calls of user hooks made during a refresh, so they
@@ -834,9 +525,12 @@ func (t *Transport) runHooks(l *later) {
 	}
 }
 
-// needsReauthLater is needsReauth with the hook and event queued on l.
-func (t *Transport) needsReauthLater(l *later, key string, g *store.Grant, reason string, oe *oauth.Error) *NeedsReauthError {
-	e := &NeedsReauthError{Server: key, Reason: reason}
+// needsReauth builds the error for gs's grant g (nil: none), counts it,
+// logs it and fires OnNeedsReauth once per grant
+// (docs/design.md#client-rule-3). The hook and the event run now when l is
+// nil; else they are queued on l, to run after the refresh.
+func (t *Transport) needsReauth(l *later, gs *grantState, g *store.Grant, reason Reason, oe *oauth.Error) *NeedsReauthError {
+	e := &NeedsReauthError{Server: gs.key, Reason: reason}
 	if g != nil {
 		e.Issuer = g.Issuer
 		e.Scopes = slices.Clone(g.Scopes)
@@ -844,16 +538,13 @@ func (t *Transport) needsReauthLater(l *later, key string, g *store.Grant, reaso
 	if oe != nil {
 		e.ErrorCode, e.ErrorDescription, e.Err = oe.Code, oe.Description, oe
 	}
-	t.count(statNeedsReauth)
-	t.mu.Lock()
-	fire := !t.reauthed[key]
-	t.reauthed[key] = true
-	t.mu.Unlock()
+	t.stats.needsReauth.Add(1)
+	fire := gs.needsReauth()
 	if fire {
-		t.log.Warn("grant needs a new authorization", "grant_id", grantID(key), "server", key, "reason", reason, "error_code", e.ErrorCode)
+		t.log.Warn("grant needs a new authorization", "grant_id", gs.id, "server", gs.key, "reason", reason, "error_code", e.ErrorCode)
 	}
 	t.hook(l, "OnNeedsReauth", func() {
-		t.emit(Event{Kind: EventNeedsReauth, Server: key, Err: e})
+		t.emit(Event{Kind: EventNeedsReauth, Server: gs.key, Err: e})
 		if fire && t.cfg.OnNeedsReauth != nil {
 			t.cfg.OnNeedsReauth(e)
 		}
@@ -862,7 +553,7 @@ func (t *Transport) needsReauthLater(l *later, key string, g *store.Grant, reaso
 }
 
 // expiresSoon reports whether g's access token expires within the jittered
-// refresh margin (rule 8).
+// refresh margin (client-rule-8).
 func (t *Transport) expiresSoon(g *store.Grant) bool {
 	if t.cfg.RefreshMargin < 0 || g.Expiry.IsZero() {
 		return false
