@@ -341,26 +341,38 @@ func randomString(n int) string {
 }
 
 // HeadlessAuthorizer completes authorizations without a browser by
-// following the authorization server's redirects until one reaches
-// RedirectURL, as the conformance suite's clients do. It works only with
+// following the authorization server's redirects until one reaches its
+// redirect URI, as the conformance suite's clients do. It works only with
 // servers that approve without user interaction (auto-approve), and is
-// meant for tests and automation.
+// meant for tests and automation. The zero value uses the redirect URI
+// DefaultHeadlessRedirectURI; NewHeadlessAuthorizer sets another.
 type HeadlessAuthorizer struct {
-	// RedirectURL is the redirect URI; default "http://127.0.0.1/callback".
-	RedirectURL string
 	// Client sends the requests; nil means a client on http.DefaultTransport.
 	// Its redirect policy is not used.
 	Client *http.Client
 	// MaxHops bounds the redirects followed; default 10.
 	MaxHops int
+
+	redirectURI string
+}
+
+// DefaultHeadlessRedirectURI is the redirect URI of a zero
+// HeadlessAuthorizer.
+const DefaultHeadlessRedirectURI = "http://127.0.0.1/callback"
+
+// NewHeadlessAuthorizer returns a HeadlessAuthorizer that registers and
+// sends redirectURI ("" means DefaultHeadlessRedirectURI) and follows
+// redirects with hc (nil means a client on http.DefaultTransport).
+func NewHeadlessAuthorizer(redirectURI string, hc *http.Client) *HeadlessAuthorizer {
+	return &HeadlessAuthorizer{Client: hc, redirectURI: redirectURI}
 }
 
 // RedirectURI implements Authorizer.
 func (h *HeadlessAuthorizer) RedirectURI() string {
-	if h.RedirectURL == "" {
-		return "http://127.0.0.1/callback"
+	if h.redirectURI == "" {
+		return DefaultHeadlessRedirectURI
 	}
-	return h.RedirectURL
+	return h.redirectURI
 }
 
 // Authorize implements Authorizer.

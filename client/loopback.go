@@ -8,10 +8,10 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os/exec"
-	"runtime"
 	"sync"
 	"time"
+
+	"github.com/evergrant/evergrant/internal/browser"
 )
 
 // LoopbackAuthorizer is the interactive Authorizer for people: it opens the
@@ -144,7 +144,7 @@ func (a *LoopbackAuthorizer) Authorize(ctx context.Context, authURL string) (url
 	}()
 	open := a.Open
 	if open == nil {
-		open = OpenBrowser
+		open = browser.Open
 	}
 	if err := open(authURL); err != nil {
 		return nil, fmt.Errorf("open the browser: %w", err)
@@ -155,22 +155,4 @@ func (a *LoopbackAuthorizer) Authorize(ctx context.Context, authURL string) (url
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
-}
-
-// OpenBrowser opens u in the system browser.
-func OpenBrowser(u string) error {
-	var cmd *exec.Cmd
-	switch runtime.GOOS {
-	case "darwin":
-		cmd = exec.Command("open", u)
-	case "windows":
-		cmd = exec.Command("rundll32", "url.dll,FileProtocolHandler", u)
-	default:
-		cmd = exec.Command("xdg-open", u)
-	}
-	if err := cmd.Start(); err != nil {
-		return err
-	}
-	go cmd.Wait()
-	return nil
 }

@@ -199,7 +199,7 @@ func (sc *scenario) reauth() *client.NeedsReauthError {
 func (sc *scenario) transport() *client.Transport {
 	cfg := client.Config{
 		Store:             &store.Memory{},
-		Authorizer:        &client.HeadlessAuthorizer{RedirectURL: redirectURI},
+		Authorizer:        client.NewHeadlessAuthorizer(redirectURI, nil),
 		ClientID:          sc.ctx.str("client_id"),
 		ClientSecret:      sc.ctx.str("client_secret"),
 		ClientAuthMethod:  sc.ctx.str("token_endpoint_auth_method"),

@@ -34,6 +34,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/evergrant/evergrant/client"
+	"github.com/evergrant/evergrant/internal/browser"
 	"github.com/evergrant/evergrant/store"
 )
 
@@ -81,7 +82,7 @@ func start(ctx context.Context, serverURL string) int {
 	defer signin.Close()
 	signin.Open = func(authURL string) error {
 		fmt.Fprintf(os.Stderr, "Sign in with your browser. If it does not open, visit:\n\n  %s\n\n", authURL)
-		if err := client.OpenBrowser(authURL); err != nil {
+		if err := browser.Open(authURL); err != nil {
 			fmt.Fprintln(os.Stderr, "(could not open a browser:", err, ")")
 		}
 		return nil
