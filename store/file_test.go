@@ -1,4 +1,4 @@
-package store
+package store_test
 
 import (
 	"bufio"
@@ -16,58 +16,79 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/evergrant/evergrant/store"
+	"github.com/evergrant/evergrant/store/storetest"
 )
 
-func newTestFile(t *testing.T) *File {
+func newTestFile(t *testing.T) *store.File {
 	t.Helper()
-	f, err := OpenFile(filepath.Join(t.TempDir(), "evergrant"))
+	f, err := store.OpenFile(filepath.Join(t.TempDir(), "evergrant"))
 	if err != nil {
 		t.Fatalf("OpenFile: %v", err)
 	}
 	return f
 }
 
+// TestFile runs the Store conformance suite on File.
 func TestFile(t *testing.T) {
-	testStore(t, func() Store { return newTestFile(t) })
+	storetest.TestStore(t, func(t *testing.T) store.Store { return newTestFile(t) })
+}
+
+// TestFile_Shared runs the shared-storage suite on two Files opened on one
+// directory, as two processes have them.
+func TestFile_Shared(t *testing.T) {
+	storetest.TestShared(t, func(t *testing.T) (a, b store.Store) {
+		dir := filepath.Join(t.TempDir(), "evergrant")
+		fa, err := store.OpenFile(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fb, err := store.OpenFile(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fa, fb
+	})
 }
 
 func TestDefaultDir(t *testing.T) {
 	if runtime.GOOS == "linux" {
 		cfg := t.TempDir()
 		t.Setenv("XDG_CONFIG_HOME", cfg)
-		dir, err := DefaultDir()
+		dir, err := store.DefaultDir()
 		if err != nil || dir != filepath.Join(cfg, "evergrant") {
-			t.Errorf("DefaultDir() = %q, %v; want %q", dir, err, filepath.Join(cfg, "evergrant"))
+			t.Errorf("store.DefaultDir() = %q, %v; want %q", dir, err, filepath.Join(cfg, "evergrant"))
 		}
 		return
 	}
-	dir, err := DefaultDir()
+	dir, err := store.DefaultDir()
 	if err != nil || filepath.Base(dir) != "evergrant" {
-		t.Errorf("DefaultDir() = %q, %v; want .../evergrant", dir, err)
+		t.Errorf("store.DefaultDir() = %q, %v; want .../evergrant", dir, err)
 	}
 }
 
 func TestFile_Dir(t *testing.T) {
 	rel := filepath.Join(t.TempDir(), "a", "..", "b")
-	f, err := OpenFile(rel)
+	f, err := store.OpenFile(rel)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !filepath.IsAbs(f.Dir()) || f.Dir() != filepath.Clean(rel) {
 		t.Errorf("Dir() = %q, want %q", f.Dir(), filepath.Clean(rel))
 	}
-	if _, err := OpenFile(""); err == nil {
+	if _, err := store.OpenFile(""); err == nil {
 		t.Error("OpenFile(\"\") succeeded")
 	}
 	notDir := filepath.Join(t.TempDir(), "file")
 	os.WriteFile(notDir, nil, 0o600)
-	if _, err := OpenFile(notDir); err == nil {
+	if _, err := store.OpenFile(notDir); err == nil {
 		t.Error("OpenFile(a regular file) succeeded")
 	}
 }
 
 func skipUnlessUnix(t *testing.T) {
-	if !checkPerms {
+	if !store.CheckPerms {
 		t.Skip("Unix permission bits are not used on " + runtime.GOOS)
 	}
 }
@@ -100,10 +121,10 @@ func TestFile_Permissions(t *testing.T) {
 		t.Fatal(err)
 	}
 	unlock()
-	for _, d := range []string{"", grantsDir, registrationsDir, locksDir} {
+	for _, d := range []string{"", store.GrantsDir, store.RegistrationsDir, store.LocksDir} {
 		wantPerm(t, filepath.Join(f.Dir(), d), 0o700)
 	}
-	for _, p := range []string{f.grantPath(key), f.registrationPath("https://as.example/", "http://127.0.0.1/cb"), f.lockPath(key)} {
+	for _, p := range []string{f.GrantPath(key), f.RegistrationPath("https://as.example/", "http://127.0.0.1/cb"), f.LockPath(key)} {
 		wantPerm(t, p, 0o600)
 	}
 }
@@ -113,18 +134,18 @@ func TestFile_Permissions(t *testing.T) {
 func TestFile_TightensPermissions(t *testing.T) {
 	skipUnlessUnix(t)
 	dir := filepath.Join(t.TempDir(), "evergrant")
-	for _, d := range []string{dir, filepath.Join(dir, grantsDir), filepath.Join(dir, locksDir)} {
+	for _, d := range []string{dir, filepath.Join(dir, store.GrantsDir), filepath.Join(dir, store.LocksDir)} {
 		if err := os.Mkdir(d, 0o700); err != nil {
 			t.Fatal(err)
 		}
 	}
 	os.Chmod(dir, 0o755)
-	os.Chmod(filepath.Join(dir, grantsDir), 0o777)
-	os.Chmod(filepath.Join(dir, locksDir), 0o750)
-	if _, err := OpenFile(dir); err != nil {
+	os.Chmod(filepath.Join(dir, store.GrantsDir), 0o777)
+	os.Chmod(filepath.Join(dir, store.LocksDir), 0o750)
+	if _, err := store.OpenFile(dir); err != nil {
 		t.Fatal(err)
 	}
-	for _, d := range []string{"", grantsDir, registrationsDir, locksDir} {
+	for _, d := range []string{"", store.GrantsDir, store.RegistrationsDir, store.LocksDir} {
 		wantPerm(t, filepath.Join(dir, d), 0o700)
 	}
 }
@@ -139,7 +160,7 @@ func TestFile_RefusesDirOfAnotherUser(t *testing.T) {
 	if err := os.Chown(dir, 54321, 54321); err != nil {
 		t.Skip(err)
 	}
-	_, err := OpenFile(dir)
+	_, err := store.OpenFile(dir)
 	if err == nil || !strings.Contains(err.Error(), dir) {
 		t.Errorf("OpenFile(dir of uid 54321) = %v, want an error naming the directory", err)
 	}
@@ -151,15 +172,15 @@ func TestFile_FileFormat(t *testing.T) {
 	if err := f.Save(t.Context(), fullGrant(key)); err != nil {
 		t.Fatal(err)
 	}
-	data, err := os.ReadFile(filepath.Join(f.Dir(), grantsDir, fileKey(key)+".json"))
+	data, err := os.ReadFile(filepath.Join(f.Dir(), store.GrantsDir, store.FileKey(key)+".json"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !strings.HasPrefix(string(data), "{\n  \"format\": \"evergrant.grant/v1\",\n  \"grant\": {") {
 		t.Errorf("grant file starts %.60q, want the format marker first", data)
 	}
-	if len(fileKey(key)) != 32 {
-		t.Errorf("fileKey length = %d, want 32", len(fileKey(key)))
+	if len(store.FileKey(key)) != 32 {
+		t.Errorf("fileKey length = %d, want 32", len(store.FileKey(key)))
 	}
 }
 
@@ -185,7 +206,7 @@ func TestFile_AtomicWriteLeavesNoTempFiles(t *testing.T) {
 		}
 	}
 	wg.Wait()
-	for _, sub := range []string{grantsDir, registrationsDir} {
+	for _, sub := range []string{store.GrantsDir, store.RegistrationsDir} {
 		entries, err := os.ReadDir(filepath.Join(f.Dir(), sub))
 		if err != nil {
 			t.Fatal(err)
@@ -196,10 +217,10 @@ func TestFile_AtomicWriteLeavesNoTempFiles(t *testing.T) {
 		}
 		var want []string
 		for _, k := range keys {
-			if sub == grantsDir {
-				want = append(want, fileKey(k)+".json")
+			if sub == store.GrantsDir {
+				want = append(want, store.FileKey(k)+".json")
 			} else {
-				want = append(want, fileKey(k+"\nhttp://127.0.0.1/cb")+".json")
+				want = append(want, store.FileKey(k+"\nhttp://127.0.0.1/cb")+".json")
 			}
 		}
 		slices.Sort(want)
@@ -228,7 +249,7 @@ func TestFile_Corrupt(t *testing.T) {
 		{"wrong field types", `{"format":"evergrant.grant/v1","grant":{"key":"https://b.example/","scopes":"` + secret + `"}}`},
 		{"grant of another key", `{"format":"evergrant.grant/v1","grant":{"key":"https://elsewhere.example/","access_token":"` + secret + `"}}`},
 		{"JSON array", `[1,2,3]`},
-		{"too large", `{"format":"evergrant.grant/v1","grant":{"key":"https://b.example/","access_token":"` + strings.Repeat("x", maxFileSize) + `"}}`},
+		{"too large", `{"format":"evergrant.grant/v1","grant":{"key":"https://b.example/","access_token":"` + strings.Repeat("x", store.MaxFileSize) + `"}}`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newTestFile(t)
@@ -240,7 +261,7 @@ func TestFile_Corrupt(t *testing.T) {
 				}
 			}
 			const bad = "https://b.example/"
-			path := f.grantPath(bad)
+			path := f.GrantPath(bad)
 			if err := os.WriteFile(path, []byte(tc.content), 0o600); err != nil {
 				t.Fatal(err)
 			}
@@ -285,15 +306,15 @@ func TestFile_Corrupt(t *testing.T) {
 
 func checkCorrupt(t *testing.T, op string, err error, path, secret string) {
 	t.Helper()
-	if !errors.Is(err, ErrCorrupt) {
-		t.Fatalf("%s: err = %v, want one wrapping ErrCorrupt", op, err)
+	if !errors.Is(err, store.ErrCorrupt) {
+		t.Fatalf("%s: err = %v, want one wrapping store.ErrCorrupt", op, err)
 	}
-	if errors.Is(err, ErrNotFound) {
-		t.Errorf("%s: a corrupt file reads as ErrNotFound", op)
+	if errors.Is(err, store.ErrNotFound) {
+		t.Errorf("%s: a corrupt file reads as store.ErrNotFound", op)
 	}
-	var ce *CorruptError
+	var ce *store.CorruptError
 	if !errors.As(err, &ce) || ce.Path != path {
-		t.Errorf("%s: err = %#v, want a *CorruptError for %s", op, err, path)
+		t.Errorf("%s: err = %#v, want a *store.CorruptError for %s", op, err, path)
 	}
 	if msg := err.Error(); !strings.Contains(msg, path) || strings.Contains(msg, secret) {
 		t.Errorf("%s: error %q must name %s and not quote the file", op, msg, path)
@@ -308,8 +329,8 @@ func TestFile_ListStrayFiles(t *testing.T) {
 	if err := f.Save(ctx, fullGrant("https://a.example/")); err != nil {
 		t.Fatal(err)
 	}
-	dir := filepath.Join(f.Dir(), grantsDir)
-	a, _ := os.ReadFile(f.grantPath("https://a.example/"))
+	dir := filepath.Join(f.Dir(), store.GrantsDir)
+	a, _ := os.ReadFile(f.GrantPath("https://a.example/"))
 	files := map[string]string{
 		"zzz.json":          "garbage",
 		"copy-of-a.json":    string(a), // a valid grant under the wrong name
@@ -329,8 +350,8 @@ func TestFile_ListStrayFiles(t *testing.T) {
 	if len(list) != 1 || list[0].Key != "https://a.example/" {
 		t.Errorf("List = %v, want the one good grant", list)
 	}
-	if !errors.Is(err, ErrCorrupt) {
-		t.Fatalf("List err = %v, want ErrCorrupt", err)
+	if !errors.Is(err, store.ErrCorrupt) {
+		t.Fatalf("List err = %v, want store.ErrCorrupt", err)
 	}
 	msg := err.Error()
 	for _, name := range []string{"zzz.json", "copy-of-a.json"} {
@@ -359,36 +380,12 @@ func TestFile_CorruptRegistration(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			f := newTestFile(t)
 			const iss, redir = "https://as.example/", "http://127.0.0.1/cb"
-			path := f.registrationPath(iss, redir)
+			path := f.RegistrationPath(iss, redir)
 			os.WriteFile(path, []byte(tc.content), 0o600)
 			_, err := f.LoadRegistration(t.Context(), iss, redir)
 			checkCorrupt(t, "LoadRegistration", err, path, "no secret here")
 		})
 	}
-}
-
-// TestFile_TwoInstancesShareLock checks that two Files on one directory in
-// one process exclude each other.
-func TestFile_TwoInstancesShareLock(t *testing.T) {
-	dir := filepath.Join(t.TempDir(), "evergrant")
-	a, err := OpenFile(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := OpenFile(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	const key = "https://mcp.example.com/mcp"
-	unlock := mustLock(t, a, key)
-	waiter := lockAsync(t.Context(), b, key)
-	notYet(t, waiter, "Lock through a second File")
-	unlock()
-	r := soon(t, waiter, "Lock through a second File after unlock")
-	if r.err != nil {
-		t.Fatal(r.err)
-	}
-	r.unlock()
 }
 
 // TestFile_LockSharedWithOSLock checks that the OS lock is taken: a lock
@@ -397,7 +394,7 @@ func TestFile_TwoInstancesShareLock(t *testing.T) {
 func TestFile_LockSharedWithOSLock(t *testing.T) {
 	f := newTestFile(t)
 	const key = "https://mcp.example.com/mcp"
-	release, err := tryLockFile(f.lockPath(key))
+	release, err := store.TryLockFile(f.LockPath(key))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -405,14 +402,29 @@ func TestFile_LockSharedWithOSLock(t *testing.T) {
 		release()
 		t.Skip("no OS lock on " + runtime.GOOS)
 	}
-	waiter := lockAsync(t.Context(), f, key)
-	notYet(t, waiter, "Lock while the OS lock is held")
-	release()
-	r := soon(t, waiter, "Lock after the OS lock is released")
-	if r.err != nil {
-		t.Fatal(r.err)
+	waiter := make(chan error, 1)
+	go func() {
+		unlock, err := f.Lock(t.Context(), key)
+		if err == nil {
+			unlock()
+		}
+		waiter <- err
+	}()
+	select {
+	case err := <-waiter:
+		release()
+		t.Fatalf("Lock returned (err %v) while the OS lock was held", err)
+	case <-time.After(100 * time.Millisecond):
 	}
-	r.unlock()
+	release()
+	select {
+	case err := <-waiter:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Lock did not return after the OS lock was released")
+	}
 }
 
 // Environment of the helper process run by the cross-process tests.
@@ -452,7 +464,7 @@ func TestHelperProcess(t *testing.T) {
 func helperMain(mode, dir, key string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	s, err := OpenFile(dir)
+	s, err := store.OpenFile(dir)
 	if err != nil {
 		return err
 	}
@@ -506,7 +518,7 @@ func TestFile_LockAcrossProcesses(t *testing.T) {
 	}
 	f := newTestFile(t)
 	const key = "https://mcp.example.com/mcp"
-	if err := f.Save(t.Context(), &Grant{Key: key, AccessToken: "old", RefreshToken: "r0"}); err != nil {
+	if err := f.Save(t.Context(), &store.Grant{Key: key, AccessToken: "old", RefreshToken: "r0"}); err != nil {
 		t.Fatal(err)
 	}
 	var cmds []*exec.Cmd
@@ -604,4 +616,45 @@ func TestFile_LockReleasedWhenHolderDies(t *testing.T) {
 	}
 	unlock()
 	t.Logf("lock taken %v after the holder died", time.Since(start))
+}
+
+// fullGrant returns a grant with every field set.
+func fullGrant(key string) *store.Grant {
+	return &store.Grant{
+		Key:                key,
+		Resource:           key + "/resource",
+		Issuer:             "https://as.example.com/tenant",
+		TokenEndpoint:      "https://as.example.com/tenant/token",
+		RevocationEndpoint: "https://as.example.com/tenant/revoke",
+		ClientID:           "client-1",
+		ClientSecret:       "secret-1",
+		AuthMethod:         "client_secret_basic",
+		AccessToken:        "at-" + key,
+		TokenType:          "Bearer",
+		Expiry:             time.Date(2031, 4, 5, 6, 7, 8, 123456789, time.UTC),
+		RefreshToken:       "rt-" + key,
+		Scopes:             []string{"files.read", "offline_access"},
+	}
+}
+
+// fullRegistration returns a registration with every field set.
+func fullRegistration(issuer, redirectURI string) *store.Registration {
+	return &store.Registration{
+		Issuer:       issuer,
+		RedirectURI:  redirectURI,
+		ClientID:     "client-" + issuer,
+		ClientSecret: "secret-" + redirectURI,
+		AuthMethod:   "client_secret_post",
+		RedirectURIs: []string{redirectURI},
+		CreatedAt:    time.Date(2029, 12, 31, 23, 59, 59, 1, time.UTC),
+	}
+}
+
+func mustLoad(t *testing.T, s store.Store, key string) *store.Grant {
+	t.Helper()
+	g, err := s.Load(t.Context(), key)
+	if err != nil {
+		t.Fatalf("Load(%q): %v", key, err)
+	}
+	return g
 }

@@ -92,7 +92,10 @@ func (r *Registration) Clone() *Registration {
 }
 
 // Store keeps grants by key and registrations by (issuer, redirect URI).
-// Implementations are safe for concurrent use and return copies.
+// Implementations are safe for concurrent use, store and return copies
+// (never aliases of the caller's values), and fail every operation with
+// ctx.Err() once ctx is done. Package storetest checks an implementation
+// against this documentation.
 type Store interface {
 	// Load returns the grant stored under key, or ErrNotFound.
 	Load(ctx context.Context, key string) (*Grant, error)
@@ -114,8 +117,12 @@ type Store interface {
 	DeleteRegistration(ctx context.Context, issuer, clientID string) error
 
 	// Lock takes the exclusive lock of key, waiting until it is free or ctx
-	// is done, and returns the function that releases it. The lock excludes
-	// every holder that shares the store: goroutines, and for File
-	// other processes.
+	// is done (then it returns ctx.Err()), and returns the function that
+	// releases it. The lock excludes every holder that shares the store:
+	// goroutines, and for File other processes. ctx bounds only the wait:
+	// the lock is held until unlock is called, which may happen on any
+	// goroutine, and calling unlock again does nothing. The lock is
+	// advisory: it excludes other Lock calls on key, not Load, Save or
+	// Delete. The key need not have a grant.
 	Lock(ctx context.Context, key string) (unlock func(), err error)
 }
