@@ -368,7 +368,7 @@ func TestBearerChallengeString(t *testing.T) {
 	}{
 		{"empty", oauth.BearerChallenge{}, `Bearer`},
 		{
-			"no token (DESIGN §4.1)",
+			"no token (server-rule-2)",
 			oauth.BearerChallenge{ResourceMetadata: "https://mcp.example.com/.well-known/oauth-protected-resource/mcp", Scope: []string{"files:read"}},
 			`Bearer scope="files:read", resource_metadata="https://mcp.example.com/.well-known/oauth-protected-resource/mcp"`,
 		},

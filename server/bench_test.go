@@ -9,7 +9,7 @@ import (
 	"github.com/go-jose/go-jose/v4/jwt"
 )
 
-// JWT verification against a bare signature check (DESIGN §7): run both
+// JWT verification against a bare signature check (docs/design.md#proof): run both
 // in one invocation and compare ns/op, e.g.
 //
 //	go test ./server -run '^$' -bench 'JWTVerify|BareSignatureCheck' -benchmem

@@ -289,7 +289,7 @@ func (h *holder) replace(sd *signalData, msg []byte) {
 
 // watch looks for a signal in a released SSE stream: too late to change
 // the status, but the token is marked rejected so its next request gets a
-// 401 (DESIGN §4.2).
+// 401 (docs/design.md#signal-rule-6).
 func (h *holder) watch(p []byte) {
 	if h.ctype != "text/event-stream" {
 		return

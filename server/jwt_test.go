@@ -281,7 +281,7 @@ func vtStaticVerifier(t testing.TB, clock *vtClock, mod func(*server.JWTConfig))
 }
 
 // A token issued by the embedded authorization server verifies, with the
-// claims carried over into TokenInfo (DESIGN §4.1, RFC 9068).
+// claims carried over into TokenInfo (docs/design.md#server-rule-11, RFC 9068).
 func TestJWTVerify_AuthserverToken(t *testing.T) {
 	e := newVTAS(t, nil)
 	tok := e.token()
@@ -673,7 +673,7 @@ func vtSleeps(v *server.JWTVerifier, clock *vtClock) func() []time.Time {
 // Retry-After, so the client does not throw the token away), then verifies
 // it. A token of the previous key (still published) keeps verifying; a key
 // dropped from the set stops verifying once a set fetched Leeway after the
-// token's iat lacks it (DESIGN §4.1, JWKS refetch on unknown kid).
+// token's iat lacks it (docs/design.md#server-rule-12).
 func TestJWKS_FollowsKeyRotation(t *testing.T) {
 	clock := newVTClock()
 	e := newVTAS(t, func(c *authserver.Config) { c.Now = clock.Now })
@@ -737,8 +737,8 @@ func TestJWKS_FollowsKeyRotation(t *testing.T) {
 // A token signed with a key rotated in just after the last JWKS fetch:
 // Verify waits for the next fetch the rate limit allows when that fits in
 // MaxWait and the caller's context, and otherwise says "unavailable" with
-// the time until that fetch, never invalid_token (DESIGN §4.1, bounded
-// wait).
+// the time until that fetch, never invalid_token
+// (docs/design.md#server-rule-12).
 func TestJWKS_KeyRotationWithinRefetchInterval(t *testing.T) {
 	tests := []struct {
 		name        string

@@ -360,8 +360,8 @@ func (m *middleware) isRejected(h string) bool {
 // this server must not be sent to another service. Send it upstream only
 // when the upstream accepts this server's audience as its own (as the
 // example's fake upstream does, standing in for an API behind the same
-// resource); otherwise obtain a token for the upstream (proxy mode, DESIGN
-// §4.3).
+// resource); otherwise obtain a token for the upstream
+// (docs/design.md#server-rule-15, docs/design.md#server-upstream).
 func BearerToken(h http.Header) string {
 	scheme, tok, ok := strings.Cut(strings.TrimSpace(h.Get("Authorization")), " ")
 	if !ok || !strings.EqualFold(scheme, "Bearer") {

@@ -55,7 +55,8 @@ func protect(t testing.TB, cfg server.Config, h http.Handler) http.Handler {
 	return mw(h)
 }
 
-// Every case of DESIGN §4.1, with the exact challenge.
+// Every answer of docs/design.md#server-rule-1 to #server-rule-7, with the
+// exact challenge.
 func TestChallenges_RFC6750(t *testing.T) {
 	ok := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ti := server.TokenInfoFromContext(r.Context())
@@ -173,7 +174,7 @@ func (e retryErr) RetryAfter() time.Duration { return e.after }
 
 // A verifier outage is 503 temporarily_unavailable with Retry-After: the
 // delay the verifier's error reports, rounded up to seconds and clamped to
-// [1 s, 1 h], or 5 s (DESIGN §4.1; RFC 9110 §10.2.3).
+// [1 s, 1 h], or 5 s (docs/design.md#server-rule-6; RFC 9110 §10.2.3).
 func TestUnavailable_RetryAfter(t *testing.T) {
 	tests := []struct {
 		name string

@@ -10,7 +10,7 @@ import (
 	"github.com/evergrant/evergrant/store"
 )
 
-// ExampleFile shows the refresh protocol of DESIGN §3.1 rule 7, which holds
+// ExampleFile shows the refresh protocol of docs/design.md#client-rule-7, which holds
 // across processes with a File: lock the grant, load it again, refresh only
 // if nobody else did, save, unlock.
 func ExampleFile() {

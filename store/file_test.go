@@ -481,7 +481,7 @@ func helperMain(mode, dir, key string) error {
 		time.Sleep(time.Minute) // until killed
 		return errors.New("not killed")
 	case "refresh":
-		// The protocol of DESIGN §3.1 rule 7: reload under the lock and
+		// The protocol of docs/design.md#client-rule-7: reload under the lock and
 		// refresh only if nobody else did.
 		g, err := s.Load(ctx, key)
 		if err != nil {
@@ -509,9 +509,9 @@ func helperMain(mode, dir, key string) error {
 	return fmt.Errorf("unknown mode %q", mode)
 }
 
-// TestFile_LockAcrossProcesses is DESIGN §3.1 rule 7 across processes: two
-// processes that both saw the token "old" fail run lock, reload, refresh
-// if still old, save, unlock; exactly one refreshes.
+// TestFile_LockAcrossProcesses is docs/design.md#client-rule-7 across
+// processes: two processes that both saw the token "old" fail run lock,
+// reload, refresh if still old, save, unlock; exactly one refreshes.
 func TestFile_LockAcrossProcesses(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts processes")

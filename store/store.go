@@ -2,7 +2,7 @@
 // client, and the lock that makes one refresh per grant hold across
 // goroutines, processes (File) and, later, hosts.
 //
-// The refresh protocol of DESIGN §3.1 rule 7 is: Lock the grant's key,
+// The refresh protocol of docs/design.md#client-rule-7 is: Lock the grant's key,
 // Load it again, refresh only if nobody else did (its access token is still
 // the one that failed), Save, unlock.
 package store

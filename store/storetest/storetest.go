@@ -45,7 +45,8 @@ const (
 // one else, ends its wait with the context, is held until unlock even if
 // the context ends, does not block reads and writes, and releases once
 // however often unlock is called, from any goroutine; concurrent use is
-// safe; and the refresh protocol of DESIGN §3.1 rule 7 refreshes once.
+// safe; and the refresh protocol of docs/design.md#client-rule-7 refreshes
+// once.
 //
 // newStore is called once per subtest with that subtest's t and must
 // return a new, empty store; it may use t.TempDir and t.Cleanup to make
@@ -86,7 +87,8 @@ func TestStore(t *testing.T, newStore func(t *testing.T) store.Store) {
 // TestShared tests two handles on the same storage, as two processes (File)
 // or two hosts (a database) have them: each sees what the other saved and
 // deleted, Lock through one excludes Lock through the other, and the
-// refresh protocol of DESIGN §3.1 rule 7 refreshes once across both.
+// refresh protocol of docs/design.md#client-rule-7 refreshes once across
+// both.
 //
 // open is called once per subtest with that subtest's t and must return
 // two handles on one new, empty storage. A store that cannot be shared
@@ -914,7 +916,7 @@ func testLockSerializes(t *testing.T, a, b store.Store) {
 	}
 }
 
-// testOneRefresh runs the protocol of DESIGN §3.1 rule 7 from many
+// testOneRefresh runs the protocol of docs/design.md#client-rule-7 from many
 // goroutines (alternating between a and b) that all saw the same token
 // fail: lock, reload, refresh only if the token is still the failed one,
 // save, unlock. Exactly one refreshes; the others pick up its token.
