@@ -22,12 +22,16 @@ check client runs CMD as the official MCP conformance suite runs clients
 (the server URL appended as the last argument, MCP_CONFORMANCE_SCENARIO and
 MCP_CONFORMANCE_CONTEXT in the environment, authorization by following the
 redirect of the authorization URL) against a test server per refresh rule
-(DESIGN §3.1), and judges what it did from the outside.
+(docs/design.md#client-rules), and judges what it did from the outside.
 
 check server probes a live MCP server: its challenges (RFC 6750 §3, RFC 9728
 §5.1), its metadata, and with --token what it answers to a good token.
 
-Both print a table (--json for data) and exit 1 when a scenario fails.
+Both print a table (--json for data) and exit 1 when a scenario fails. The
+RULE column names what a scenario checks: for check client, the rule's
+anchor in docs/design.md (client-rule-1 is docs/design.md#client-rule-1); for
+check server, the sections of the RFCs.
+
 Run "evergrant check client --help" or "evergrant check server --help".
 `
 	if len(args) == 0 {
@@ -79,7 +83,7 @@ func runCheckClient(ctx context.Context, args []string, stdout, stderr io.Writer
 	verbose := fs.Bool("verbose", false, "show the client's output, prefixed with the scenario")
 	list := fs.Bool("list", false, "list the scenarios and exit")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: evergrant check client [flags] -- CMD [ARGS...]\n\nRuns CMD against a test server per refresh rule and judges it from the outside.\n\nFlags:\n")
+		fmt.Fprintf(fs.Output(), "Usage: evergrant check client [flags] -- CMD [ARGS...]\n\nRuns CMD against a test server per refresh rule and judges it from the outside.\nThe RULE column names anchors in docs/design.md (client-rule-1 is docs/design.md#client-rule-1).\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	// Everything after "--" is the command.

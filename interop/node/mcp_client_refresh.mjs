@@ -2,7 +2,7 @@
 // TypeScript SDK's Client, StreamableHTTPClientTransport and an in-memory
 // OAuthClientProvider, the way an application built on that SDK does, and
 // prints what it observed as one JSON object (the last line of stdout) for a
-// Go test to assert (DESIGN §4.2, the expiry signal).
+// Go test to assert (the expiry signal: docs/design.md#signal-rule-1).
 //
 // Steps:
 //   1. connect: the server answers 401; the SDK discovers the protected
