@@ -7,8 +7,9 @@ import (
 	"time"
 )
 
-// MemoryStore is a Store that keeps everything in process memory. The zero
-// value is ready to use. It is the default Store of New.
+// MemoryStore is a Store that keeps everything in process memory, so a
+// restart forgets dynamically registered clients, grants and tokens. The
+// zero value is ready to use. It is the default Store of New.
 type MemoryStore struct {
 	mu      sync.Mutex
 	clients map[string]*Client
@@ -42,6 +43,10 @@ func cloneClient(c *Client) *Client {
 	cc.Metadata.GrantTypes = slices.Clone(c.Metadata.GrantTypes)
 	cc.Metadata.ResponseTypes = slices.Clone(c.Metadata.ResponseTypes)
 	cc.Metadata.Contacts = slices.Clone(c.Metadata.Contacts)
+	if p := c.Metadata.ClientSecretExpiresAt; p != nil {
+		v := *p
+		cc.Metadata.ClientSecretExpiresAt = &v
+	}
 	return &cc
 }
 

@@ -139,38 +139,105 @@ func (f GrantFilter) match(g *Grant) bool {
 		(f.Resource == "" || f.Resource == g.Resource)
 }
 
-// Store keeps the authorization server's state. Implementations must be
-// safe for concurrent use, and TakeCode and RotateRefreshToken must be
-// atomic: of two concurrent calls with the same key, exactly one succeeds.
-// Methods return copies; callers may not mutate stored records in place.
+// Store keeps the authorization server's state. It is split into small
+// interfaces, one per kind of record, so that a backend can be written and
+// read piece by piece (as ory/fosite does); Store is their union, and what
+// Config.Store takes. Package storetest checks an implementation against
+// the contracts documented here and on each part.
+//
+// Every method must be safe for concurrent use, store a copy of what it is
+// given and return copies (callers never mutate stored records in place),
+// and report a missing record with an error that matches ErrNotFound.
+// A persistent store must have made what a method stores durable by the
+// time it returns: the server has already acted on it (sent a code, a
+// token, a client secret) or is about to. Times round-trip as the same
+// instant; their location need not survive.
 type Store interface {
+	ClientStore
+	GrantStore
+	CodeStore
+	RefreshTokenStore
+	AccessTokenStore
+
+	// DeleteExpired forgets the codes, refresh tokens, access tokens and
+	// grants whose ExpiresAt is before t, and keeps every other record.
+	// Clients do not expire. The server calls it at most once a minute
+	// with a t an hour in the past, so that a late replay of an expired
+	// token or code is still recognised.
+	DeleteExpired(ctx context.Context, t time.Time) error
+}
+
+// ClientStore keeps registered clients: pre-registered ones (saved by New
+// on every start) and dynamically registered ones (RFC 7591), which must
+// survive restarts or their holders get invalid_client. Clients described
+// by a Client ID Metadata Document are not stored.
+type ClientStore interface {
+	// SaveClient inserts the client c.ID, or replaces it.
 	SaveClient(ctx context.Context, c *Client) error
+	// Client returns the client with that ID, or ErrNotFound.
 	Client(ctx context.Context, id string) (*Client, error)
+}
 
-	// SaveGrant inserts or updates a grant. A revoked grant stays revoked.
+// GrantStore keeps grants: what a user authorized for a client and a
+// resource. Revocation is final: once RevokeGrant or RevokeGrants has
+// returned, the grant reads as revoked forever, whatever SaveGrant calls
+// run at the same time or later (the server saves a grant after issuing
+// tokens, and a concurrent revocation must win).
+type GrantStore interface {
+	// SaveGrant inserts the grant g.ID, or updates it. It never clears
+	// Revoked: a revoked grant stays revoked.
 	SaveGrant(ctx context.Context, g *Grant) error
+	// Grant returns the grant with that ID, or ErrNotFound.
 	Grant(ctx context.Context, id string) (*Grant, error)
+	// RevokeGrant marks the grant revoked; it returns ErrNotFound if there
+	// is none. Revoking a revoked grant is not an error.
 	RevokeGrant(ctx context.Context, id string) error
-	// RevokeGrants revokes every grant f matches and reports how many.
+	// RevokeGrants revokes every unrevoked grant f matches and reports how
+	// many it revoked (grants already revoked are not counted).
 	RevokeGrants(ctx context.Context, f GrantFilter) (int, error)
+}
 
+// CodeStore keeps authorization codes, by the SHA-256 of their value.
+// A code is good once: TakeCode is atomic, so of any number of calls with
+// one hash, concurrent or not, on one store or on several sharing storage,
+// exactly one succeeds, and the used mark is durable before it returns.
+type CodeStore interface {
+	// SaveCode stores a new code.
 	SaveCode(ctx context.Context, c *Code) error
-	// TakeCode returns the code with that hash and marks it used. A code
-	// taken before is returned again together with ErrCodeUsed, so the
-	// caller can revoke what it issued.
+	// TakeCode returns the code with that hash and marks it used, or
+	// ErrNotFound. A code taken before is returned again together with
+	// ErrCodeUsed, so the caller can revoke the grant it created.
+	// TakeCode does not check ExpiresAt; the caller does.
 	TakeCode(ctx context.Context, hash string) (*Code, error)
+}
 
+// RefreshTokenStore keeps refresh tokens, by the SHA-256 of their value.
+// Rotation is a compare-and-set: RotateRefreshToken succeeds for at most
+// one caller per token, ever, and that success (old token retired, its
+// successor saved) is one atomic, durable step. A store that let two
+// rotations of one token succeed would hand out two live refresh tokens of
+// one grant and defeat reuse detection (RFC 9700 §4.14.2).
+type RefreshTokenStore interface {
+	// SaveRefreshToken stores a new refresh token (the first of a grant).
 	SaveRefreshToken(ctx context.Context, t *RefreshToken) error
+	// RefreshToken returns the token with that hash, rotated or not, or
+	// ErrNotFound.
 	RefreshToken(ctx context.Context, hash string) (*RefreshToken, error)
 	// RotateRefreshToken marks the token oldHash rotated at "at", sets its
 	// Successor to next.Hash and saves next, atomically. If oldHash was
-	// already rotated it changes nothing and returns ErrRefreshTokenRotated.
+	// already rotated it changes nothing (next is not saved) and returns
+	// ErrRefreshTokenRotated; if there is no such token, ErrNotFound.
 	RotateRefreshToken(ctx context.Context, oldHash string, at time.Time, next *RefreshToken) error
+}
 
+// AccessTokenStore keeps the records of issued JWT access tokens, by jti,
+// for introspection and revocation. The tokens themselves are not stored.
+type AccessTokenStore interface {
+	// SaveAccessToken stores a new access token record.
 	SaveAccessToken(ctx context.Context, t *AccessToken) error
+	// AccessToken returns the record with that jti, or ErrNotFound.
 	AccessToken(ctx context.Context, jti string) (*AccessToken, error)
+	// RevokeAccessToken marks the record revoked; it returns ErrNotFound
+	// if there is none. Revocation is final, like a grant's.
 	RevokeAccessToken(ctx context.Context, jti string) error
-
-	// DeleteExpired forgets codes, tokens and grants that expired before t.
-	DeleteExpired(ctx context.Context, t time.Time) error
 }
