@@ -41,8 +41,6 @@ const (
 	exitUsage = 2
 )
 
-const version = "0.1.0-dev"
-
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
@@ -67,10 +65,7 @@ func commands() []command {
 		{"call", "call a tool of an MCP server", runCall},
 		{"bridge", "serve a remote MCP server on stdio, refreshing silently", runBridge},
 		{"check", "test an MCP client or server against the refresh and challenge rules", runCheck},
-		{"version", "print the version", func(_ context.Context, _ []string, stdout, _ io.Writer) int {
-			fmt.Fprintln(stdout, "evergrant", version)
-			return exitOK
-		}},
+		{"version", "print the version", runVersion},
 	}
 }
 
@@ -93,6 +88,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "-h", "-help", "--help", "help":
 		usage(stdout)
 		return exitOK
+	case "-version", "--version":
+		return runVersion(ctx, args[1:], stdout, stderr)
 	}
 	for _, c := range commands() {
 		if c.name == args[0] {
