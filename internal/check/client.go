@@ -60,7 +60,8 @@ type ClientScenario struct {
 	// Name is what MCP_CONFORMANCE_SCENARIO and ClientOptions.Scenarios
 	// say, e.g. "refresh/retry-same-id".
 	Name string `json:"name"`
-	// Rule is the rule it checks, e.g. "§3.1 rule 1".
+	// Rule is the rule it checks: the anchor of the rule in docs/design.md,
+	// e.g. "client-rule-1" (docs/design.md#client-rule-1).
 	Rule string `json:"rule"`
 	// Summary says what the fixture does and what a correct client does, in
 	// a sentence.
@@ -105,11 +106,12 @@ func (r clientRun) finished() bool { return r.stopped == "" && !r.timedOut && r.
 
 // CheckClient runs the client under test (opts.Command) against each
 // scenario's fixture and judges, from what the client sent to the
-// authorization server and the MCP server, whether it follows the refresh
-// rules of DESIGN §3.1. The report's results are in the order of
-// ClientScenarios, whatever the order of opts.Scenarios. An error means the check itself could not run (no
-// command, an unknown scenario, a command that cannot be started, a
-// fixture that cannot listen); a client that misbehaves is a Fail result.
+// authorization server and the MCP server, whether it follows the client
+// refresh rules of docs/design.md#client-rules. The report's results are in
+// the order of ClientScenarios, whatever the order of opts.Scenarios. An
+// error means the check itself could not run (no command, an unknown
+// scenario, a command that cannot be started, a fixture that cannot
+// listen); a client that misbehaves is a Fail result.
 func CheckClient(ctx context.Context, opts ClientOptions) (*Report, error) {
 	if len(opts.Command) == 0 || opts.Command[0] == "" {
 		return nil, errors.New("check: no client command given")

@@ -10,11 +10,11 @@ import (
 	"github.com/evergrant/evergrant/oauth"
 )
 
-// The scenarios of CheckClient, one per rule of DESIGN §3.1 that a program
-// can be judged on from the outside. Each forces the behaviour within the
-// client's normal run (authorize, initialize, tools/list, tools/call for
-// each tool) and judges from what reached the authorization server and the
-// MCP server.
+// The scenarios of CheckClient, one per rule of docs/design.md#client-rules
+// that a program can be judged on from the outside. Each forces the
+// behaviour within the client's normal run (authorize, initialize,
+// tools/list, tools/call for each tool) and judges from what reached the
+// authorization server and the MCP server.
 
 // clientProactiveTTL is the access token lifetime of the proactive
 // scenario; clientProactiveHold is how long after that token's expiry the
@@ -26,9 +26,9 @@ const (
 
 // clientMaxUnavailableRefreshes bounds the refresh grants a client may send
 // while the token endpoint is failing, across its whole run, on top of
-// the bound of one per rejected request (rule 5): one for the rejected
-// call, one for closing the session, one for the event stream. More is a
-// loop (rule 4).
+// the bound of one per rejected request (docs/design.md#client-rule-5): one
+// for the rejected call, one for closing the session, one for the event
+// stream. More is a loop (docs/design.md#client-rule-4).
 const clientMaxUnavailableRefreshes = 3
 
 // clientScenario is a scenario: its description, how it sets up the
@@ -46,7 +46,7 @@ type clientScenario struct {
 var clientScenarios = []*clientScenario{
 	{
 		ClientScenario: ClientScenario{
-			Name: "refresh/retry-same-id", Rule: "§3.1 rule 1",
+			Name: "refresh/retry-same-id", Rule: "client-rule-1",
 			Summary: "The first tools/call gets 401 invalid_token: the client refreshes once, without a new authorization, " +
 				"and sends the same request again (same JSON-RPC id, byte-identical body) with the new token.",
 		},
@@ -55,7 +55,7 @@ var clientScenarios = []*clientScenario{
 	},
 	{
 		ClientScenario: ClientScenario{
-			Name: "refresh/rotation", Rule: "§3.1 rule 2",
+			Name: "refresh/rotation", Rule: "client-rule-2",
 			Summary: "tools/list gets 401 invalid_token, then tools/call with the refreshed token does too: " +
 				"the second refresh presents the rotated refresh token the first one returned, not the first again.",
 		},
@@ -64,7 +64,7 @@ var clientScenarios = []*clientScenario{
 	},
 	{
 		ClientScenario: ClientScenario{
-			Name: "refresh/resource-and-client-auth", Rule: "§3.1 rule 2",
+			Name: "refresh/resource-and-client-auth", Rule: "client-rule-2",
 			Summary: "The first tools/call gets 401 invalid_token: the refresh grant carries resource = the MCP server URL " +
 				"(RFC 8707) and the client authentication of the registration.",
 		},
@@ -73,7 +73,7 @@ var clientScenarios = []*clientScenario{
 	},
 	{
 		ClientScenario: ClientScenario{
-			Name: "refresh/invalid-grant", Rule: "§3.1 rule 3",
+			Name: "refresh/invalid-grant", Rule: "client-rule-3",
 			Summary: "The first tools/call gets 401 invalid_token and the refresh gets invalid_grant: the client sends no " +
 				"further refresh grant, does not loop through authorization (once at most), and exits non-zero.",
 		},
@@ -89,7 +89,7 @@ var clientScenarios = []*clientScenario{
 	outageScenario(asUnreachable),
 	{
 		ClientScenario: ClientScenario{
-			Name: "refresh/retry-cap", Rule: "§3.1 rule 5",
+			Name: "refresh/retry-cap", Rule: "client-rule-5",
 			Summary: "From the first tools/call on every token gets 401 invalid_token: at most one refresh and one retry " +
 				"per logical request, then the client gives up.",
 		},
@@ -98,7 +98,7 @@ var clientScenarios = []*clientScenario{
 	},
 	{
 		ClientScenario: ClientScenario{
-			Name: "refresh/no-refresh-on-403", Rule: "§3.1 rule 6",
+			Name: "refresh/no-refresh-on-403", Rule: "client-rule-6",
 			Summary: "tools/call gets 403 insufficient_scope: the client sends no refresh grant (it may step up once " +
 				"with a new authorization, or report the error).",
 		},
@@ -107,7 +107,7 @@ var clientScenarios = []*clientScenario{
 	},
 	{
 		ClientScenario: ClientScenario{
-			Name: "refresh/no-refresh-on-401-without-error", Rule: "§3.1 rule 6",
+			Name: "refresh/no-refresh-on-401-without-error", Rule: "client-rule-6",
 			Summary: "The first tools/call gets 401 with a Bearer challenge without error: the client sends no refresh grant.",
 		},
 		setup: setupBare401,
@@ -115,7 +115,7 @@ var clientScenarios = []*clientScenario{
 	},
 	{
 		ClientScenario: ClientScenario{
-			Name: "refresh/proactive", Rule: "§3.1 rule 8", Informational: true,
+			Name: "refresh/proactive", Rule: "client-rule-8", Informational: true,
 			Summary: "Access tokens live 2 s and the answer to tools/list waits until the first one has expired: " +
 				"does the client refresh before it sends an expired token?",
 		},
@@ -156,8 +156,8 @@ func setupRotation(f *clientFixture) {
 }
 
 // clientOutage is one way the token endpoint fails in the scenarios of
-// rule 4: an answer the fixture gives instead of the authorization
-// server's, or a connection closed without any answer.
+// docs/design.md#client-rule-4: an answer the fixture gives instead of the
+// authorization server's, or a connection closed without any answer.
 type clientOutage struct {
 	name string // the scenario's name
 	// what completes "the token endpoint ..." in summaries and details.
@@ -168,9 +168,9 @@ type clientOutage struct {
 	body        string
 }
 
-// The outages of rule 4: an OAuth error answer with a 5xx status (RFC 6749
-// §5.2 has server_error and temporarily_unavailable for these), a proxy's
-// HTML page, and no answer at all.
+// The outages of docs/design.md#client-rule-4: an OAuth error answer with a
+// 5xx status (RFC 6749 §5.2 has server_error and temporarily_unavailable for
+// these), a proxy's HTML page, and no answer at all.
 var (
 	asUnavailable = &clientOutage{
 		name: "refresh/as-unavailable", what: "answered 503 temporarily_unavailable",
@@ -204,12 +204,13 @@ func (o *clientOutage) answer(w http.ResponseWriter) {
 	w.Write([]byte(o.body))
 }
 
-// outageScenario is the scenario of rule 4 for o: the first tools/call gets
-// 401 invalid_token, and from then on the token endpoint fails as o says.
+// outageScenario is the scenario of docs/design.md#client-rule-4 for o: the
+// first tools/call gets 401 invalid_token, and from then on the token
+// endpoint fails as o says.
 func outageScenario(o *clientOutage) *clientScenario {
 	return &clientScenario{
 		ClientScenario: ClientScenario{
-			Name: o.name, Rule: "§3.1 rule 4",
+			Name: o.name, Rule: "client-rule-4",
 			Summary: "The first tools/call gets 401 invalid_token and the token endpoint then " + o.what + ": the client " +
 				"does not loop or sign in again, keeps its refresh token, and reports the failure.",
 		},
@@ -406,10 +407,10 @@ func (j *clientJudge) notReached(what string) (Outcome, string) {
 }
 
 // logicalRequests groups the requests after seq that were answered 401 into
-// logical requests (DESIGN §3.1 rule 5): a JSON-RPC request by its id, the
-// event stream (every GET, reconnects included), the session's DELETE, a
-// notification by its body. It returns how many there are and the one sent
-// most often, with its count.
+// logical requests (docs/design.md#client-rule-5): a JSON-RPC request by its
+// id, the event stream (every GET, reconnects included), the session's
+// DELETE, a notification by its body. It returns how many there are and the
+// one sent most often, with its count.
 func (j *clientJudge) logicalRequests(seq int) (n int, most *clientMCPRequest, mostSent int) {
 	key := func(r *clientMCPRequest) string {
 		switch {

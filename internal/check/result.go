@@ -1,6 +1,7 @@
 // Package check tests MCP clients and servers from the outside against the
-// refresh and challenge rules of DESIGN §3.1 and §4.1: the suite behind
-// `evergrant check client` and `evergrant check server`.
+// refresh and challenge rules of docs/design.md#client-rules and
+// docs/design.md#server-rules: the suite behind `evergrant check client`
+// and `evergrant check server`.
 package check
 
 import (
@@ -30,7 +31,8 @@ const (
 type Result struct {
 	// Scenario is the scenario's name, for --scenario.
 	Scenario string `json:"scenario"`
-	// Rule names the rule it checks, e.g. "§3.1 rule 1" or "RFC 6750 §3".
+	// Rule names the rule it checks: an anchor in docs/design.md, e.g.
+	// "client-rule-1", or a specification section, e.g. "RFC 6750 §3.1".
 	Rule    string  `json:"rule"`
 	Outcome Outcome `json:"outcome"`
 	// Detail says what the client or server did, in a sentence a person can

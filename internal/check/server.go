@@ -656,7 +656,7 @@ func (r *serverRun) expiredToken(ctx context.Context) Result {
 
 // invalidTokenProbe: RFC 6750 §3.1 invalid_token ("The access token
 // provided is expired, revoked, malformed, or invalid for other reasons"),
-// the error on which clients refresh (DESIGN §3.1 rule 1).
+// the error on which clients refresh (docs/design.md#client-rule-1).
 func (r *serverRun) invalidTokenProbe(ctx context.Context, what, token string) Result {
 	a := r.post(ctx, token, nil, serverInitialize(1))
 	if a.err != nil {
@@ -1060,8 +1060,8 @@ func (r *serverRun) validToken(ctx context.Context) Result {
 // insufficientScope: a request the token's scopes do not allow gets 403
 // with Bearer error="insufficient_scope" and the scope it needs (RFC 6750
 // §3.1; MCP authorization 2025-11-25, Scope Challenge Handling), so a
-// client steps up instead of refreshing (DESIGN §3.1 rule 6) or showing
-// the model an error.
+// client steps up instead of refreshing (docs/design.md#client-rule-6) or
+// showing the model an error.
 func (r *serverRun) insufficientScope(ctx context.Context) Result {
 	if r.token == "" {
 		return serverSkip("needs an access token the server accepts (--token) and a request it lacks the scope for (--scope-probe)")

@@ -1,6 +1,6 @@
 // Command badclient is an MCP client with deliberate faults in how it
 // refreshes, for the tests of `evergrant check client`: each mode breaks
-// one rule of DESIGN §3.1, so a test can show that the scenario covering
+// one rule of docs/design.md#client-rules, so a test can show that the scenario covering
 // the rule catches it. Mode "good" breaks none.
 //
 // It speaks the client contract of the official MCP conformance suite:
