@@ -250,6 +250,7 @@ func (sc *scenario) run(ctx context.Context) error {
 
 	c := mcp.NewClient(&mcp.Implementation{Name: "evergrant-conformance-client", Version: "0.1.0"}, sc.clientOptions())
 	if !sc.auth() {
+		//lint:ignore SA1019 the conformance suite still tests roots, deprecated but in the protocol.
 		c.AddRoots(&mcp.Root{URI: "file:///tmp/evergrant-conformance", Name: "conformance"})
 	}
 	t := &mcp.StreamableClientTransport{Endpoint: sc.server, HTTPClient: &http.Client{Transport: tr}}
@@ -364,8 +365,10 @@ func (sc *scenario) clientOptions() *mcp.ClientOptions {
 			sc.log.Info("elicitation: accepting with the schema's defaults", "fields", len(content))
 			return &mcp.ElicitResult{Action: "accept", Content: content}, nil
 		},
+		//lint:ignore SA1019 the conformance suite still tests sampling, deprecated but in the protocol.
 		CreateMessageHandler: func(_ context.Context, req *mcp.CreateMessageRequest) (*mcp.CreateMessageResult, error) {
 			sc.log.Info("sampling: answering with a fixed text")
+			//lint:ignore SA1019 sampling, as above.
 			return &mcp.CreateMessageResult{
 				Content: &mcp.TextContent{Text: "This is a response from the evergrant conformance client."},
 				Model:   "evergrant-conformance",
