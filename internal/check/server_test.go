@@ -270,7 +270,7 @@ func (f *fake) serveMCP(w http.ResponseWriter, r *http.Request) {
 	authz := r.Header.Get("Authorization")
 	if authz == "" {
 		if f.noWWWAuthenticate {
-			http.Error(w, "unauthorized", 401)
+			http.Error(w, "unauthorized", http.StatusUnauthorized)
 			return
 		}
 		ch := oauth.BearerChallenge{}
