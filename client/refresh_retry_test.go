@@ -255,17 +255,17 @@ func TestRule3_InvalidGrantDiscardsRefreshTokenAndFiresHookOnce(t *testing.T) {
 func TestRule4_UnavailableKeepsRefreshTokenNoLoop(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
-		fault func(*authserver.Faults)
+		fault func(*fixture.Stack)
 		cfg   client.Config
 	}{
-		{"503", func(f *authserver.Faults) { f.FailTokenEndpoint(503) }, client.Config{}},
-		{"500", func(f *authserver.Faults) { f.FailTokenEndpoint(500) }, client.Config{}},
-		{"timeout", func(f *authserver.Faults) { f.DelayToken(3 * time.Second) }, client.Config{RefreshTimeout: 300 * time.Millisecond}},
+		{"503", func(st *fixture.Stack) { st.Faults().FailTokenEndpoint(503) }, client.Config{}},
+		{"500", func(st *fixture.Stack) { st.Faults().FailTokenEndpoint(500) }, client.Config{}},
+		{"timeout", func(st *fixture.Stack) { st.Faults().DelayToken(3 * time.Second) }, client.Config{RefreshTimeout: 300 * time.Millisecond}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := newRig(t, fixture.Options{}, tc.cfg)
 			rt := r.grant().RefreshToken
-			tc.fault(r.st.Faults())
+			tc.fault(r.st)
 			r.st.Force(fixture.Forced{Status: 401, Challenge: invalidToken})
 			_, _, err := r.call(http.MethodPost, 1)
 			if !errors.Is(err, client.ErrRefreshUnavailable) || errors.Is(err, client.ErrNeedsReauth) {
