@@ -112,7 +112,7 @@ func (t *Transport) authorize(ctx context.Context, key string, ch oauth.BearerCh
 	state := randomString(24)
 	q := url.Values{
 		"response_type":         {"code"},
-		"client_id":             {creds.id},
+		"client_id":             {creds.ID},
 		"redirect_uri":          {redirect},
 		"code_challenge":        {oauth2.S256ChallengeFromVerifier(verifier)},
 		"code_challenge_method": {oauth.CodeChallengeMethodS256},
@@ -121,6 +121,13 @@ func (t *Transport) authorize(ctx context.Context, key string, ch oauth.BearerCh
 	}
 	if len(scopes) > 0 {
 		q.Set("scope", oauth.FormatScope(scopes))
+	}
+	offline := slices.Contains(scopes, oauth.ScopeOfflineAccess)
+	if offline && !t.cfg.OmitConsentPrompt {
+		// OpenID Connect Core 1.0 §11: an OpenID provider grants
+		// offline_access, and so a refresh token, only after consent was
+		// asked for; without it the user signs in at every expiry.
+		q.Set("prompt", "consent")
 	}
 	if err := oauth.CheckEndpointURL(as.AuthorizationEndpoint); err != nil {
 		return fail(fmt.Errorf("authorization endpoint: %w", err))
@@ -167,8 +174,8 @@ func (t *Transport) authorize(ctx context.Context, key string, ch oauth.BearerCh
 	}
 	g := &store.Grant{
 		Key: key, Resource: d.resource, Issuer: as.Issuer, TokenEndpoint: as.TokenEndpoint,
-		RevocationEndpoint: as.RevocationEndpoint, ClientID: creds.id, ClientSecret: creds.secret,
-		AuthMethod: creds.authMethod(), Scopes: scopes,
+		RevocationEndpoint: as.RevocationEndpoint, ClientID: creds.ID, ClientSecret: creds.Secret,
+		AuthMethod: creds.MethodUsed(), Scopes: scopes,
 	}
 	t.apply(g, tr)
 	// Saved under the grant's lock, as a refresh saves (client-rule-7): a refresh
@@ -192,6 +199,16 @@ func (t *Transport) authorize(ctx context.Context, key string, ch oauth.BearerCh
 	t.log.Info("authorized", "grant_id", grantID(key), "server", key, "issuer", as.Issuer,
 		"scope", oauth.FormatScope(g.Scopes), "refresh_token", g.RefreshToken != "")
 	t.emit(Event{Kind: EventAuthorize, Server: key})
+	if offline && g.RefreshToken == "" {
+		var expiresIn time.Duration
+		if !g.Expiry.IsZero() {
+			expiresIn = g.Expiry.Sub(t.now()).Round(time.Second)
+		}
+		t.log.Warn("the authorization server issued no refresh token although offline_access was asked for: "+
+			"the user will have to sign in again when the access token expires",
+			"grant_id", grantID(key), "server", key, "issuer", as.Issuer, "expires_in", expiresIn)
+		t.emit(Event{Kind: EventNoRefreshToken, Server: key})
+	}
 	return g, nil
 }
 
@@ -221,31 +238,31 @@ func (t *Transport) chooseScopes(ch oauth.BearerChallenge, d *discovered, extra 
 
 // clientIdentity picks the client_id, in order: pre-registered, Client ID
 // Metadata Document, a stored registration, dynamic registration.
-func (t *Transport) clientIdentity(ctx context.Context, as *oauth.AuthServerMetadata, redirect string) (clientCreds, error) {
+func (t *Transport) clientIdentity(ctx context.Context, as *oauth.AuthServerMetadata, redirect string) (oauth.ClientAuth, error) {
 	switch {
 	case t.cfg.ClientID != "":
-		return clientCreds{t.cfg.ClientID, t.cfg.ClientSecret, t.cfg.ClientAuthMethod}, nil
+		return oauth.ClientAuth{ID: t.cfg.ClientID, Secret: t.cfg.ClientSecret, Method: t.cfg.ClientAuthMethod}, nil
 	case t.cfg.ClientMetadataURL != "" && as.ClientIDMetadataDocumentSupported:
-		return clientCreds{t.cfg.ClientMetadataURL, "", oauth.AuthMethodNone}, nil
+		return oauth.ClientAuth{ID: t.cfg.ClientMetadataURL, Method: oauth.AuthMethodNone}, nil
 	}
 	reg, err := t.store.LoadRegistration(ctx, as.Issuer, registrationKey(redirect))
 	if err == nil && (reg.SecretExpiresAt.IsZero() || t.now().Before(reg.SecretExpiresAt)) {
-		return clientCreds{reg.ClientID, reg.ClientSecret, reg.AuthMethod}, nil
+		return oauth.ClientAuth{ID: reg.ClientID, Secret: reg.ClientSecret, Method: reg.AuthMethod}, nil
 	}
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
-		return clientCreds{}, fmt.Errorf("load registration: %w", err)
+		return oauth.ClientAuth{}, fmt.Errorf("load registration: %w", err)
 	}
 	if as.RegistrationEndpoint == "" {
-		return clientCreds{}, errors.New("the authorization server offers neither dynamic registration nor client ID metadata documents; configure a client ID")
+		return oauth.ClientAuth{}, errors.New("the authorization server offers neither dynamic registration nor client ID metadata documents; configure a client ID")
 	}
 	return t.register(ctx, as, redirect)
 }
 
 // register is dynamic client registration (RFC 7591), as a public client
 // when the server allows it.
-func (t *Transport) register(ctx context.Context, as *oauth.AuthServerMetadata, redirect string) (clientCreds, error) {
+func (t *Transport) register(ctx context.Context, as *oauth.AuthServerMetadata, redirect string) (oauth.ClientAuth, error) {
 	if err := oauth.CheckEndpointURL(as.RegistrationEndpoint); err != nil {
-		return clientCreds{}, fmt.Errorf("registration endpoint: %w", err)
+		return oauth.ClientAuth{}, fmt.Errorf("registration endpoint: %w", err)
 	}
 	method := oauth.AuthMethodNone
 	if m := as.TokenEndpointAuthMethodsSupported; len(m) > 0 && !slices.Contains(m, oauth.AuthMethodNone) {
@@ -265,28 +282,28 @@ func (t *Transport) register(ctx context.Context, as *oauth.AuthServerMetadata, 
 	body, _ := json.Marshal(md)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, as.RegistrationEndpoint, bytes.NewReader(body))
 	if err != nil {
-		return clientCreds{}, err
+		return oauth.ClientAuth{}, err
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "application/json")
 	resp, err := t.authc.Do(req)
 	if err != nil {
-		return clientCreds{}, fmt.Errorf("registration: %w", err)
+		return oauth.ClientAuth{}, fmt.Errorf("registration: %w", err)
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxAuthResponse))
 	if err != nil {
-		return clientCreds{}, fmt.Errorf("registration: %w", err)
+		return oauth.ClientAuth{}, fmt.Errorf("registration: %w", err)
 	}
 	if resp.StatusCode != http.StatusCreated && resp.StatusCode != http.StatusOK {
 		if oe, perr := oauth.ParseError(resp.StatusCode, data); perr == nil {
-			return clientCreds{}, fmt.Errorf("registration refused: %w", oe)
+			return oauth.ClientAuth{}, fmt.Errorf("registration refused: %w", oe)
 		}
-		return clientCreds{}, fmt.Errorf("registration answered HTTP %d", resp.StatusCode)
+		return oauth.ClientAuth{}, fmt.Errorf("registration answered HTTP %d", resp.StatusCode)
 	}
 	var got oauth.ClientMetadata
 	if err := json.Unmarshal(data, &got); err != nil || got.ClientID == "" {
-		return clientCreds{}, errors.New("registration response has no client_id")
+		return oauth.ClientAuth{}, errors.New("registration response has no client_id")
 	}
 	if got.TokenEndpointAuthMethod != "" {
 		method = got.TokenEndpointAuthMethod
@@ -302,10 +319,10 @@ func (t *Transport) register(ctx context.Context, as *oauth.AuthServerMetadata, 
 		reg.SecretExpiresAt = time.Unix(*got.ClientSecretExpiresAt, 0)
 	}
 	if err := t.store.SaveRegistration(ctx, reg); err != nil {
-		return clientCreds{}, fmt.Errorf("save registration: %w", err)
+		return oauth.ClientAuth{}, fmt.Errorf("save registration: %w", err)
 	}
 	t.log.Info("client registered", "issuer", as.Issuer, "auth_method", method)
-	return clientCreds{reg.ClientID, reg.ClientSecret, method}, nil
+	return oauth.ClientAuth{ID: reg.ClientID, Secret: reg.ClientSecret, Method: method}, nil
 }
 
 // applicationType is "native" for loopback and private-use-scheme redirect

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"strings"
 	"time"
 
 	"github.com/evergrant/evergrant/oauth"
@@ -195,8 +194,7 @@ func (t *Transport) refreshLocked(ctx context.Context, gs *grantState, failed st
 				t.log.Error("forget stale registration", "grant_id", ev.GrantID, "error", derr)
 			}
 		}
-		gs.changed(g)
-		gs.endBackoff()
+		gs.refusedNow(g, ReasonRefreshRejected, oe)
 		ev.Outcome, ev.Err = OutcomeRejected, oe
 		t.refreshed(l, ev)
 		return nil, t.needsReauth(l, gs, g, ReasonRefreshRejected, oe)
@@ -285,44 +283,19 @@ func (t *Transport) tokenRequest(ctx context.Context, g *store.Grant, form url.V
 	if g.Resource != "" {
 		form.Set("resource", g.Resource)
 	}
-	return t.postToken(ctx, g.TokenEndpoint, clientCreds{g.ClientID, g.ClientSecret, g.AuthMethod}, form)
+	return t.postToken(ctx, g.TokenEndpoint, oauth.ClientAuth{ID: g.ClientID, Secret: g.ClientSecret, Method: g.AuthMethod}, form)
 }
 
-type clientCreds struct{ id, secret, method string }
-
-func (c clientCreds) authMethod() string {
-	if c.method != "" {
-		return c.method
-	}
-	if c.secret != "" {
-		return oauth.AuthMethodClientSecretBasic
-	}
-	return oauth.AuthMethodNone
-}
-
-func (t *Transport) postToken(ctx context.Context, endpoint string, c clientCreds, form url.Values) (*oauth.TokenResponse, error) {
+// postToken posts form to a token endpoint authenticated as c and
+// returns the token response; an OAuth error answer is returned as
+// *oauth.Error.
+func (t *Transport) postToken(ctx context.Context, endpoint string, c oauth.ClientAuth, form url.Values) (*oauth.TokenResponse, error) {
 	if err := oauth.CheckEndpointURL(endpoint); err != nil {
 		return nil, fmt.Errorf("token endpoint: %w", err)
 	}
-	basic := false
-	switch c.authMethod() {
-	case oauth.AuthMethodClientSecretBasic:
-		basic = true
-	case oauth.AuthMethodClientSecretPost:
-		form.Set("client_id", c.id)
-		form.Set("client_secret", c.secret)
-	default:
-		form.Set("client_id", c.id)
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, endpoint, strings.NewReader(form.Encode()))
+	req, err := oauth.NewFormRequest(ctx, endpoint, form, c)
 	if err != nil {
 		return nil, err
-	}
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	req.Header.Set("Accept", "application/json")
-	if basic {
-		// RFC 6749 §2.3.1: form-urlencode both parts first.
-		req.SetBasicAuth(url.QueryEscape(c.id), url.QueryEscape(c.secret))
 	}
 	resp, err := t.authc.Do(req)
 	if err != nil {

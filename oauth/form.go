@@ -46,7 +46,7 @@ type ClientAuth struct {
 // caller sending secrets or tokens checks it first (CheckEndpointURL).
 func NewFormRequest(ctx context.Context, endpoint string, form url.Values, auth ClientAuth) (*http.Request, error) {
 	basic := false
-	switch auth.method() {
+	switch auth.MethodUsed() {
 	case AuthMethodClientSecretBasic:
 		basic = true
 	case AuthMethodClientSecretPost:
@@ -70,8 +70,10 @@ func NewFormRequest(ctx context.Context, endpoint string, form url.Values, auth 
 	return req, nil
 }
 
-// method is the authentication method a's request uses.
-func (a ClientAuth) method() string {
+// MethodUsed is the authentication method a request authenticated as a
+// uses: Method, or the default Method's documentation gives for an empty
+// one, or AuthMethodNone for a method NewFormRequest does not support.
+func (a ClientAuth) MethodUsed() string {
 	switch a.Method {
 	case AuthMethodClientSecretBasic, AuthMethodClientSecretPost:
 		return a.Method
