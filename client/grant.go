@@ -4,6 +4,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/evergrant/evergrant/oauth"
 	"github.com/evergrant/evergrant/store"
 )
 
@@ -32,6 +33,11 @@ type grantState struct {
 	// reauthed records that OnNeedsReauth fired for the current grant
 	// (docs/design.md#client-rule-3: once per grant).
 	reauthed bool
+	// refused is the authorization server's refusal of the grant's refresh
+	// token, remembered until a new sign-in (docs/design.md#client-rule-3):
+	// until then every request fails with it, no token is sent and no
+	// sign-in starts by itself. Nil when the grant was not refused.
+	refused *refusal
 	// backoff holds proactive refreshes back after one found the
 	// authorization server unavailable (docs/design.md#client-rule-8).
 	backoff backoffState
@@ -41,6 +47,15 @@ type grantState struct {
 	// disc is the discovery result for the server
 	// (docs/design.md#client-discovery).
 	disc *discovered
+}
+
+// refusal is a refused refresh: why, and the access token the grant held
+// then (its hash; "" when it held none), so that a grant with another
+// token, from a new sign-in, ends it.
+type refusal struct {
+	reason Reason
+	oe     *oauth.Error
+	token  string
 }
 
 // backoffState holds proactive refreshes of a grant back until until.
@@ -86,7 +101,11 @@ func (s *grantState) loaded(g *store.Grant) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if g.AccessToken != "" && (s.cached == nil || s.cached.AccessToken != g.AccessToken) {
-		s.reauthed = false
+		if s.refused == nil || s.refused.token != tokenHash(g.AccessToken) {
+			// A new sign-in: the refusal and the hook's flag are over.
+			s.refused = nil
+			s.reauthed = false
+		}
 		if s.rejected != tokenHash(g.AccessToken) {
 			s.rejected = ""
 		}
@@ -113,7 +132,30 @@ func (s *grantState) renewed(g *store.Grant) {
 	s.cached = g.Clone()
 	s.rejected = ""
 	s.reauthed = false
+	s.refused = nil
 	s.backoff = backoffState{}
+}
+
+// refusedNow records that the authorization server refused the refresh
+// token of g (docs/design.md#client-rule-3), which is cached as it is now:
+// the refresh token is gone, and the access token too unless it was still
+// valid. The grant stays refused until a new sign-in.
+func (s *grantState) refusedNow(g *store.Grant, reason Reason, oe *oauth.Error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.cached = g.Clone()
+	s.refused = &refusal{reason: reason, oe: oe}
+	if g.AccessToken != "" {
+		s.refused.token = tokenHash(g.AccessToken)
+	}
+	s.backoff = backoffState{}
+}
+
+// refusal returns the grant's refusal, or nil when it was not refused.
+func (s *grantState) refusal() *refusal {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.refused
 }
 
 // lost forgets the cached grant: the store no longer has it.

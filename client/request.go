@@ -148,7 +148,7 @@ func (t *Transport) unauthorized(c *call, resp *http.Response) (*http.Response, 
 		// part), rediscovering from this challenge (the resource may have
 		// moved to another authorization server).
 		discard(resp)
-		return t.authorizeAndRetry(c, ch, nil, resp.StatusCode)
+		return t.authorizeAndRetry(c, ch)
 	case c.token != "" && ch.Error == oauth.ErrorInvalidToken:
 		// Reload under the lock: another process may hold a refresh
 		// token; else needs_reauth (no_refresh_token).
@@ -162,7 +162,7 @@ func (t *Transport) unauthorized(c *call, resp *http.Response) (*http.Response, 
 	default:
 		// No token was sent: authorize if we can (client-rule-6, last part).
 		discard(resp)
-		return t.authorizeAndRetry(c, ch, nil, resp.StatusCode)
+		return t.authorizeAndRetry(c, ch)
 	}
 }
 
@@ -192,7 +192,17 @@ func (t *Transport) forbidden(c *call, resp *http.Response) (*http.Response, err
 			union = append(union, s)
 		}
 	}
-	r2, err := t.authorizeAndRetry(c, ch, union, http.StatusForbidden)
+	ng, err := t.authorizeOnce(c.req.Context(), c.key(), ch, union)
+	if err != nil {
+		// The grant still works for all it covers: the answer is the scope
+		// error, with the failed sign-in as its cause, not a needs-reauth.
+		var ne *NeedsReauthError
+		if errors.As(err, &ne) && ne.Reason == ReasonAuthorizationFailed && ne.Err != nil {
+			err = ne.Err
+		}
+		return nil, &InsufficientScopeError{Server: c.key(), Required: ch.Scope, Granted: granted, Description: ch.ErrorDescription, Err: err}
+	}
+	r2, err := t.retry(c, ng, ReasonRejectedAfterAuthorization)
 	if err != nil {
 		return nil, err
 	}
@@ -266,17 +276,14 @@ func (t *Transport) rejectedAfterRefresh(gs *grantState, ng *store.Grant) *Needs
 	return t.needsReauth(nil, gs, ng, ReasonRejectedAfterRefresh, nil)
 }
 
-// authorizeAndRetry runs the interactive authorization (if configured) and
-// sends the request once more. scopes are the step-up scopes (nil: none);
-// status is the answer that led here (401 or 403).
-func (t *Transport) authorizeAndRetry(c *call, ch oauth.BearerChallenge, scopes []string, status int) (*http.Response, error) {
+// authorizeAndRetry runs the interactive authorization after a 401 (if
+// configured) and sends the request once more.
+func (t *Transport) authorizeAndRetry(c *call, ch oauth.BearerChallenge) (*http.Response, error) {
 	ctx := c.req.Context()
 	// Another process may have signed in since this request was sent.
-	if status == http.StatusUnauthorized {
-		if fresh, err := t.store.Load(ctx, c.key()); err == nil && fresh.AccessToken != "" && (c.g == nil || fresh.AccessToken != c.g.AccessToken) {
-			c.gs.loaded(fresh)
-			return t.retry(c, fresh, ReasonRejectedAfterAuthorization)
-		}
+	if fresh, err := t.store.Load(ctx, c.key()); err == nil && fresh.AccessToken != "" && (c.g == nil || fresh.AccessToken != c.g.AccessToken) {
+		c.gs.loaded(fresh)
+		return t.retry(c, fresh, ReasonRejectedAfterAuthorization)
 	}
 	// Only a POST (a call the host makes) may start a sign-in: a GET is the
 	// background event stream or its reconnect, a DELETE closes a session;
@@ -288,7 +295,7 @@ func (t *Transport) authorizeAndRetry(c *call, ch oauth.BearerChallenge, scopes 
 		}
 		return nil, t.needsReauth(nil, c.gs, c.g, reason, nil)
 	}
-	ng, err := t.authorizeOnce(ctx, c.key(), ch, scopes)
+	ng, err := t.authorizeOnce(ctx, c.key(), ch, nil)
 	if err != nil {
 		var ne *NeedsReauthError
 		if errors.As(err, &ne) {

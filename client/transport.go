@@ -86,6 +86,14 @@ type Config struct {
 	ClientName string
 	// Scopes are asked for in addition to the ones the server names.
 	Scopes []string
+	// OmitConsentPrompt stops the Transport from sending prompt=consent
+	// with an authorization request that asks for offline_access. OpenID
+	// providers issue a refresh token for offline_access only with that
+	// prompt (OpenID Connect Core 1.0 §11), so without it the user would
+	// sign in again at every access-token expiry; OAuth servers that are
+	// not OpenID providers ignore the parameter. See
+	// docs/design.md#client-discovery.
+	OmitConsentPrompt bool
 
 	// RefreshMargin: an access token expiring within this margin
 	// (jittered by up to a fifth) is refreshed before it is sent. Zero
@@ -185,6 +193,10 @@ const (
 	EventRetry        EventKind = "retry"        // the request is sent again
 	EventNeedsReauth  EventKind = "needs_reauth" // a NeedsReauthError is returned
 	EventAuthorize    EventKind = "authorize"    // an interactive authorization ran
+	// EventNoRefreshToken: a sign-in that asked for offline_access got no
+	// refresh token, so the user will have to sign in again when the
+	// access token expires.
+	EventNoRefreshToken EventKind = "no_refresh_token"
 )
 
 // Event is one step of the Transport's work. It carries no token material.
@@ -428,6 +440,31 @@ func (t *Transport) currentGrant(ctx context.Context, gs *grantState) (*store.Gr
 	return g, nil
 }
 
+// checkRefused fails a request for a grant whose refresh the authorization
+// server refused (docs/design.md#client-rule-3), until a new sign-in: with
+// the refusal's reason and OAuth error, without sending a token and
+// without starting a sign-in. The store is read first, for a sign-in made
+// by another process since.
+func (t *Transport) checkRefused(ctx context.Context, gs *grantState) error {
+	if gs.refusal() == nil {
+		return nil
+	}
+	g, err := t.store.Load(ctx, gs.key)
+	switch {
+	case err == nil:
+		gs.loaded(g)
+	case errors.Is(err, store.ErrNotFound):
+		g = nil
+	default:
+		return fmt.Errorf("load grant: %w", err)
+	}
+	r := gs.refusal()
+	if r == nil {
+		return nil
+	}
+	return t.needsReauth(nil, gs, g, r.reason, r.oe)
+}
+
 // RoundTrip implements http.RoundTripper with the refresh rules of
 // docs/design.md#client-rules: it prepares the request (its grant, a
 // replayable body, a refresh of a token about to expire), sends it, and
@@ -465,6 +502,10 @@ func (t *Transport) prepare(req *http.Request) (*call, error) {
 		return nil, err
 	}
 	c := &call{req: req, body: b, gs: t.grant(key)}
+	if err := t.checkRefused(ctx, c.gs); err != nil {
+		closeBody(req)
+		return nil, err
+	}
 	if c.g, err = t.currentGrant(ctx, c.gs); err != nil {
 		closeBody(req)
 		return nil, err
@@ -486,6 +527,19 @@ func (t *Transport) prepare(req *http.Request) (*call, error) {
 			// token; a slow or failing token endpoint does not hold the
 			// request up.
 			c.prior = t.refreshInBackground(ctx, c.gs, g.AccessToken)
+			if c.prior != nil && t.almostExpired(g) {
+				// Unless the token may expire on the way: then wait for the
+				// refresh. If the authorization server is unavailable, the
+				// token is still sent while it is valid.
+				ng, err := c.prior.wait(ctx)
+				switch {
+				case err == nil:
+					c.g = ng
+				case !errors.Is(err, ErrRefreshUnavailable):
+					closeBody(req)
+					return nil, err
+				}
+			}
 		}
 	}
 	if c.g != nil {
@@ -552,20 +606,40 @@ func (t *Transport) needsReauth(l *later, gs *grantState, g *store.Grant, reason
 	return e
 }
 
-// expiresSoon reports whether g's access token expires within the jittered
-// refresh margin (client-rule-8).
-func (t *Transport) expiresSoon(g *store.Grant) bool {
+// margin is how long before g's access token expires it is refreshed
+// (client-rule-8): RefreshMargin, but at most half the token's life, so
+// that a token that lives less than twice the margin is refreshed at half
+// its life, not on every request. Zero means no proactive refresh.
+func (t *Transport) margin(g *store.Grant) time.Duration {
 	if t.cfg.RefreshMargin < 0 || g.Expiry.IsZero() {
-		return false
+		return 0
 	}
 	m := t.cfg.RefreshMargin
-	// A token that lives less than twice the margin is refreshed at half
-	// its life, not on every request.
 	if !g.UpdatedAt.IsZero() {
 		if life := g.Expiry.Sub(g.UpdatedAt); life > 0 && m > life/2 {
 			m = life / 2
 		}
 	}
+	return m
+}
+
+// expiresSoon reports whether g's access token expires within the jittered
+// refresh margin (client-rule-8).
+func (t *Transport) expiresSoon(g *store.Grant) bool {
+	m := t.margin(g)
+	if m == 0 {
+		return false
+	}
 	m += time.Duration(rand.Int64N(int64(m)/5 + 1))
 	return !t.now().Add(m).Before(g.Expiry)
+}
+
+// almostExpired reports whether g's still valid access token has so little
+// time left (a quarter of the margin) that it may expire on the way: a
+// request then waits for the refresh already running rather than send it,
+// so that a healthy session sees no 401 whatever the token endpoint's
+// latency (client-rule-8).
+func (t *Transport) almostExpired(g *store.Grant) bool {
+	m := t.margin(g)
+	return m > 0 && !t.now().Add(m/4).Before(g.Expiry)
 }
