@@ -1,9 +1,10 @@
-package main
+package bridge
 
 import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -18,28 +19,27 @@ import (
 	"github.com/evergrant/evergrant/store"
 )
 
-// Bridge overhead against a direct call (DESIGN §7): the same official Go
-// SDK client calls the stack's whoami tool either directly (streamable HTTP
-// through client.Transport) or through an in-process bridge on in-memory
-// stdio pipes. Both go through one HTTP hop to the same kind of stack with
-// the same stored grant, so the ratio of the two ns/op is what the bridge
-// adds: a JSON-RPC round trip over the pipes, its decoding and re-encoding,
-// and its bookkeeping.
+// Bridge overhead against a direct call (docs/design.md#proof): the same
+// official Go SDK client calls the stack's whoami tool either directly
+// (streamable HTTP through client.Transport) or through an in-process
+// bridge on in-memory stdio pipes. Both go through one HTTP hop to the same
+// kind of stack with the same stored grant, so the ratio of the two ns/op
+// is what the bridge adds: a JSON-RPC round trip over the pipes, its
+// decoding and re-encoding, and its bookkeeping.
 //
-//	go test -run '^$' -bench CallTool -benchtime 200x ./cmd/evergrant
+//	go test -run '^$' -bench CallTool -benchtime 200x ./internal/bridge
 
-// bridgeBench is the setup both benchmarks share: the serve stack on
-// httptest (real clock, no recording wrapper, unlike bridgeEnv, which takes
-// a *testing.T) and a grant stored in a temp config dir, as "evergrant
-// login" would.
-type bridgeBench struct {
+// benchEnv is the setup both benchmarks share: the serve stack on httptest
+// (real clock, no recording wrapper, unlike env, which takes a *testing.T)
+// and a grant stored in a temp config dir, as "evergrant login" would.
+type benchEnv struct {
 	ctx   context.Context
 	url   string      // the MCP server
-	dir   string      // --config-dir
+	dir   string      // the grant store, as evergrant's --config-dir
 	store *store.File // the grant store of dir
 }
 
-func newBridgeBench(b *testing.B) *bridgeBench {
+func newBenchEnv(b *testing.B) *benchEnv {
 	b.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	b.Cleanup(cancel)
@@ -51,7 +51,7 @@ func newBridgeBench(b *testing.B) *bridgeBench {
 	ts.Config.Handler = st.Handler
 	ts.Start()
 	b.Cleanup(ts.Close) // runs after the sessions' cleanups (LIFO)
-	e := &bridgeBench{ctx: ctx, url: st.MCPURL, dir: filepath.Join(b.TempDir(), "config")}
+	e := &benchEnv{ctx: ctx, url: st.MCPURL, dir: filepath.Join(b.TempDir(), "config")}
 	if e.store, err = store.OpenFile(e.dir); err != nil {
 		b.Fatal(err)
 	}
@@ -62,16 +62,16 @@ func newBridgeBench(b *testing.B) *bridgeBench {
 	return e
 }
 
-func bridgeBenchClient() *mcp.Client {
+func benchClient() *mcp.Client {
 	return mcp.NewClient(&mcp.Implementation{Name: "bench-host", Version: "1"}, nil)
 }
 
 // direct connects a client to the server with client.Transport on the
 // stored grant, as "evergrant call" does.
-func (e *bridgeBench) direct(b *testing.B) *mcp.ClientSession {
+func (e *benchEnv) direct(b *testing.B) *mcp.ClientSession {
 	b.Helper()
 	tr := client.NewTransport(client.Config{Store: e.store})
-	sess, err := bridgeBenchClient().Connect(e.ctx, &mcp.StreamableClientTransport{Endpoint: e.url, HTTPClient: &http.Client{Transport: tr}}, nil)
+	sess, err := benchClient().Connect(e.ctx, &mcp.StreamableClientTransport{Endpoint: e.url, HTTPClient: &http.Client{Transport: tr}}, nil)
 	if err != nil {
 		b.Fatalf("connect: %v", err)
 	}
@@ -79,29 +79,30 @@ func (e *bridgeBench) direct(b *testing.B) *mcp.ClientSession {
 	return sess
 }
 
-// bridged runs the bridge in-process, as startInProcess does, at its
-// default log level, and connects a client to it over pipes.
-func (e *bridgeBench) bridged(b *testing.B) *mcp.ClientSession {
+// bridged runs the bridge in-process, as startInProcess does, at the
+// command's default log level (warn), and connects a client to it over
+// pipes.
+func (e *benchEnv) bridged(b *testing.B) *mcp.ClientSession {
 	b.Helper()
 	inR, inW := io.Pipe()   // host -> bridge
 	outR, outW := io.Pipe() // bridge -> host
-	stderr := &bridgeBuffer{}
-	code := make(chan int, 1)
+	stderr := &syncBuffer{}
+	done := make(chan error, 1)
 	go func() {
-		code <- bridgeMain(e.ctx, []string{"--config-dir", e.dir, e.url}, inR, outW, stderr)
+		done <- serveStdio(e.ctx, e.url, e.dir, slog.LevelWarn, inR, outW, stderr)
 		outW.Close()
 	}()
 	wait := func() {
 		select {
-		case c := <-code:
-			if c != 0 {
-				b.Errorf("bridge exit %d\n%s", c, stderr.String())
+		case err := <-done:
+			if err != nil {
+				b.Errorf("Serve: %v\n%s", err, stderr.String())
 			}
 		case <-time.After(10 * time.Second):
 			b.Errorf("the bridge did not stop after stdin closed\n%s", stderr.String())
 		}
 	}
-	sess, err := bridgeBenchClient().Connect(e.ctx, &mcp.IOTransport{Reader: outR, Writer: inW}, nil)
+	sess, err := benchClient().Connect(e.ctx, &mcp.IOTransport{Reader: outR, Writer: inW}, nil)
 	if err != nil {
 		inW.Close()
 		wait()
@@ -124,9 +125,9 @@ func benchWhoami(b *testing.B, ctx context.Context, sess *mcp.ClientSession) {
 			return "", err
 		}
 		if res.IsError {
-			return "", fmt.Errorf("whoami: tool error: %s", bridgeText(res))
+			return "", fmt.Errorf("whoami: tool error: %s", text(res))
 		}
-		return bridgeText(res), nil
+		return text(res), nil
 	}
 	if text, err := whoami(); err != nil {
 		b.Fatal(err)
@@ -144,12 +145,12 @@ func benchWhoami(b *testing.B, ctx context.Context, sess *mcp.ClientSession) {
 // BenchmarkDirectCallTool is the baseline of BenchmarkBridgeCallTool: the
 // client talks streamable HTTP to the server itself.
 func BenchmarkDirectCallTool(b *testing.B) {
-	e := newBridgeBench(b)
+	e := newBenchEnv(b)
 	benchWhoami(b, e.ctx, e.direct(b))
 }
 
 // BenchmarkBridgeCallTool is the same call through the bridge on stdio.
 func BenchmarkBridgeCallTool(b *testing.B) {
-	e := newBridgeBench(b)
+	e := newBenchEnv(b)
 	benchWhoami(b, e.ctx, e.bridged(b))
 }

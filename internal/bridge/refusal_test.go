@@ -1,4 +1,4 @@
-package main
+package bridge
 
 import (
 	"bufio"
@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -18,25 +19,28 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
-// rawHost drives bridgeMain over pipes as a host would, collecting the
+// rawHost drives a Bridge over pipes as a host would, collecting the
 // answers by id.
 type rawHost struct {
 	t      *testing.T
 	in     *io.PipeWriter
-	stderr *bridgeBuffer
-	code   chan int
+	stderr *syncBuffer
+	done   chan error // Serve's result
 	mu     sync.Mutex
 	got    map[string]map[string]any
 	cond   chan struct{} // closed and replaced on each line
 }
 
-func startRawHost(t *testing.T, ctx context.Context, args ...string) *rawHost {
+// startRawHost runs a Bridge for serverURL, on an empty grant store, at
+// the command's default log level (warn).
+func startRawHost(t *testing.T, ctx context.Context, serverURL string) *rawHost {
 	t.Helper()
 	inR, inW := io.Pipe()
 	outR, outW := io.Pipe()
-	h := &rawHost{t: t, in: inW, stderr: &bridgeBuffer{}, code: make(chan int, 1), got: map[string]map[string]any{}, cond: make(chan struct{})}
+	h := &rawHost{t: t, in: inW, stderr: &syncBuffer{}, done: make(chan error, 1), got: map[string]map[string]any{}, cond: make(chan struct{})}
+	dir := t.TempDir()
 	go func() {
-		h.code <- bridgeMain(ctx, args, inR, outW, h.stderr)
+		h.done <- serveStdio(ctx, serverURL, dir, slog.LevelWarn, inR, outW, h.stderr)
 		outW.Close()
 	}()
 	go func() {
@@ -57,7 +61,7 @@ func startRawHost(t *testing.T, ctx context.Context, args ...string) *rawHost {
 	t.Cleanup(func() {
 		inW.Close()
 		select {
-		case <-h.code:
+		case <-h.done:
 		case <-time.After(15 * time.Second):
 			t.Error("the bridge did not exit on EOF")
 		}
@@ -105,7 +109,7 @@ const rawInitialize = `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"
 // only: a call in flight on the same session still gets its answer, the
 // session is not replaced, and a refused notification does not end it
 // either. Without keepSession the SDK's connection fails as a whole.
-func TestBridge_RefusedPostFailsOnlyThatMessage(t *testing.T) {
+func TestRefusedPostFailsOnlyThatMessage(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	started, release := make(chan struct{}), make(chan struct{})
@@ -149,7 +153,7 @@ func TestBridge_RefusedPostFailsOnlyThatMessage(t *testing.T) {
 	}))
 	t.Cleanup(hs.Close) // after the bridge has exited (cleanups run last first)
 
-	h := startRawHost(t, ctx, "--config-dir", t.TempDir(), hs.URL+"/mcp")
+	h := startRawHost(t, ctx, hs.URL+"/mcp")
 	h.send(rawInitialize)
 	if m := h.answer("1"); m["result"] == nil {
 		t.Fatalf("initialize: %v", m)
@@ -189,7 +193,7 @@ func TestBridge_RefusedPostFailsOnlyThatMessage(t *testing.T) {
 
 // With the server down, the host's error says why, not only the SDK's
 // "rejected by transport".
-func TestBridge_ServerDownErrorSaysWhy(t *testing.T) {
+func TestServerDownErrorSaysWhy(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -198,7 +202,7 @@ func TestBridge_ServerDownErrorSaysWhy(t *testing.T) {
 	}
 	url := "http://" + ln.Addr().String() + "/mcp"
 	ln.Close()
-	h := startRawHost(t, ctx, "--config-dir", t.TempDir(), url)
+	h := startRawHost(t, ctx, url)
 	h.send(rawInitialize)
 	m := h.answer("1")
 	if code, msg := errorMessage(m); code == codeRejectedByTransport || !strings.Contains(msg, "connection refused") {
@@ -209,7 +213,7 @@ func TestBridge_ServerDownErrorSaysWhy(t *testing.T) {
 // A 503 on the event stream (GET) is an outage, not the end of the stream:
 // the bridge reconnects, and what the server sends outside of a request
 // reaches the host afterwards.
-func TestBridge_EventStreamSurvives503(t *testing.T) {
+func TestEventStreamSurvives503(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	srv := mcp.NewServer(&mcp.Implementation{Name: "outage", Version: "1"}, nil)
@@ -236,7 +240,7 @@ func TestBridge_EventStreamSurvives503(t *testing.T) {
 	}))
 	t.Cleanup(hs.Close)
 
-	h := startRawHost(t, ctx, "--config-dir", t.TempDir(), hs.URL+"/mcp")
+	h := startRawHost(t, ctx, hs.URL+"/mcp")
 	h.send(rawInitialize)
 	if m := h.answer("1"); m["result"] == nil {
 		t.Fatalf("initialize: %v", m)
