@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"net/url"
 	"slices"
 	"strings"
@@ -168,7 +167,7 @@ Flags:
 				err = ne.Err
 			}
 			fmt.Fprintf(stderr, "evergrant login: sign-in failed: %v\n", err)
-			if noOAuthMetadata(ctx, serverURL) {
+			if client.NoOAuthMetadata(context.WithoutCancel(ctx), nil, serverURL) {
 				fmt.Fprintf(stderr, "evergrant login: %s publishes no OAuth metadata (neither RFC 9728 protected resource metadata nor RFC 8414 authorization server metadata): "+
 					"if it needs no sign-in, use evergrant tools and call without logging in\n", serverURL)
 			}
@@ -431,9 +430,16 @@ Flags:
 	case gr.RevocationEndpoint == "":
 		fmt.Fprintf(stdout, "%s offers no token revocation: the tokens stay valid there until they expire.\n", gr.Issuer)
 	default:
-		revoked, err := revokeGrant(ctx, gr, time.Now())
-		if len(revoked) > 0 {
-			fmt.Fprintf(stdout, "Revoked the %s at %s.\n", strings.Join(revoked, " and the "), gr.Issuer)
+		revoked, err := client.Revoke(ctx, nil, gr)
+		var names []string
+		if revoked.RefreshToken {
+			names = append(names, "refresh token")
+		}
+		if revoked.AccessToken {
+			names = append(names, "access token")
+		}
+		if len(names) > 0 {
+			fmt.Fprintf(stdout, "Revoked the %s at %s.\n", strings.Join(names, " and the "), gr.Issuer)
 		}
 		if err != nil {
 			fmt.Fprintf(stderr, "evergrant logout: revocation failed: %v\nevergrant logout: warning: the tokens may stay valid at %s until they expire\n", err, gr.Issuer)
@@ -446,90 +452,6 @@ Flags:
 	}
 	fmt.Fprintf(stdout, "Deleted the grant for %s.\n", key)
 	return code
-}
-
-// revokeGrant revokes g's refresh token, then its access token unless it
-// has expired, at g's revocation endpoint (RFC 7009), authenticating as
-// the grant's client. It returns what it revoked ("refresh token",
-// "access token") and the first failure. An access token the server
-// cannot revoke (unsupported_token_type) is not a failure: revoking the
-// refresh token ended the grant.
-func revokeGrant(ctx context.Context, g *store.Grant, now time.Time) ([]string, error) {
-	if err := oauth.CheckEndpointURL(g.RevocationEndpoint); err != nil {
-		return nil, fmt.Errorf("revocation endpoint: %w", err)
-	}
-	hc := &http.Client{
-		Timeout:       client.DefaultHTTPTimeout,
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}
-	var (
-		done  []string
-		first error
-	)
-	type tok struct{ value, hint, name string }
-	var toks []tok
-	if g.RefreshToken != "" {
-		toks = append(toks, tok{g.RefreshToken, "refresh_token", "refresh token"})
-	}
-	if g.AccessToken != "" && (g.Expiry.IsZero() || now.Before(g.Expiry)) {
-		toks = append(toks, tok{g.AccessToken, "access_token", "access token"})
-	}
-	for _, t := range toks {
-		err := revokeToken(ctx, hc, g, t.value, t.hint)
-		var oe *oauth.Error
-		switch {
-		case err == nil:
-			done = append(done, t.name)
-		case t.hint == "access_token" && errors.As(err, &oe) && oe.Code == "unsupported_token_type":
-		case first == nil:
-			first = fmt.Errorf("%s: %w", t.name, err)
-		}
-	}
-	return done, first
-}
-
-// revokeToken is one RFC 7009 revocation request.
-func revokeToken(ctx context.Context, hc *http.Client, g *store.Grant, token, hint string) error {
-	form := url.Values{"token": {token}, "token_type_hint": {hint}}
-	basic := false
-	switch g.AuthMethod {
-	case oauth.AuthMethodClientSecretBasic:
-		basic = true
-	case oauth.AuthMethodClientSecretPost:
-		form.Set("client_id", g.ClientID)
-		form.Set("client_secret", g.ClientSecret)
-	case "":
-		if g.ClientSecret != "" {
-			basic = true
-		} else {
-			form.Set("client_id", g.ClientID)
-		}
-	default:
-		form.Set("client_id", g.ClientID)
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, g.RevocationEndpoint, strings.NewReader(form.Encode()))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	req.Header.Set("Accept", "application/json")
-	if basic {
-		// RFC 6749 §2.3.1: form-urlencode both parts first.
-		req.SetBasicAuth(url.QueryEscape(g.ClientID), url.QueryEscape(g.ClientSecret))
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	if resp.StatusCode == http.StatusOK {
-		return nil
-	}
-	if oe, perr := oauth.ParseError(resp.StatusCode, body); perr == nil {
-		return oe
-	}
-	return fmt.Errorf("the revocation endpoint answered HTTP %d", resp.StatusCode)
 }
 
 func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -603,43 +525,4 @@ Flags:
 		}
 	}
 	return exitOK
-}
-
-// noOAuthMetadata reports whether serverURL answers a 4xx (404 mostly) at
-// every well-known URL of its protected resource metadata and of
-// authorization server metadata at its origin: then a failed sign-in most likely means the
-// server does not use OAuth at all, and saying so beats the error of the
-// 2025-03-26 fallback (a registration endpoint that is not there).
-func noOAuthMetadata(ctx context.Context, serverURL string) bool {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-	defer cancel()
-	prm, err := oauth.ProtectedResourceMetadataURLs(serverURL)
-	if err != nil {
-		return false
-	}
-	u, err := url.Parse(serverURL)
-	if err != nil {
-		return false
-	}
-	asm, err := oauth.AuthServerMetadataURLs(u.Scheme + "://" + u.Host)
-	if err != nil {
-		return false
-	}
-	hc := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
-	for _, m := range append(prm, asm...) {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, m, nil)
-		if err != nil {
-			return false
-		}
-		resp, err := hc.Do(req)
-		if err != nil {
-			return false
-		}
-		io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-		resp.Body.Close()
-		if resp.StatusCode < 400 || resp.StatusCode >= 500 {
-			return false
-		}
-	}
-	return true
 }
