@@ -26,8 +26,9 @@ type Revoked struct {
 
 // Revoke revokes g's tokens at g's revocation endpoint (RFC 7009): first
 // its refresh token, which ends the whole grant at authorization servers
-// that revoke a grant with its refresh token (RFC 7009 §2.1), then its
-// access token unless it is known to have expired. Each request
+// that revoke a grant with its refresh token (RFC 7009 §2.1; evergrant's
+// does, docs/design.md#as-rule-12), then its access token unless it is
+// known to have expired. Each request
 // authenticates as the grant's client, the way its refreshes do
 // (docs/design.md#client-rule-2).
 //

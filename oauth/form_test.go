@@ -127,6 +127,24 @@ func TestNewFormRequest(t *testing.T) {
 	}
 }
 
+func TestClientAuth_MethodUsed(t *testing.T) {
+	for _, c := range []struct {
+		auth oauth.ClientAuth
+		want string
+	}{
+		{oauth.ClientAuth{ID: "c", Secret: "s", Method: oauth.AuthMethodClientSecretBasic}, oauth.AuthMethodClientSecretBasic},
+		{oauth.ClientAuth{ID: "c", Secret: "s", Method: oauth.AuthMethodClientSecretPost}, oauth.AuthMethodClientSecretPost},
+		{oauth.ClientAuth{ID: "c", Secret: "s", Method: oauth.AuthMethodNone}, oauth.AuthMethodNone},
+		{oauth.ClientAuth{ID: "c", Secret: "s"}, oauth.AuthMethodClientSecretBasic},
+		{oauth.ClientAuth{ID: "c"}, oauth.AuthMethodNone},
+		{oauth.ClientAuth{ID: "c", Secret: "s", Method: "private_key_jwt"}, oauth.AuthMethodNone},
+	} {
+		if got := c.auth.MethodUsed(); got != c.want {
+			t.Errorf("MethodUsed() of method %q with secret %v = %q, want %q", c.auth.Method, c.auth.Secret != "", got, c.want)
+		}
+	}
+}
+
 func TestNewFormRequest_NilFormAndBadEndpoint(t *testing.T) {
 	req, err := oauth.NewFormRequest(context.Background(), "https://as.example.com/token", nil, oauth.ClientAuth{ID: "c"})
 	if err != nil {
