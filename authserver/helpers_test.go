@@ -68,12 +68,11 @@ func newEnv(t *testing.T, mod func(*authserver.Config)) *env {
 	issuer := "http://" + ts.Listener.Addr().String()
 	logs := &syncBuffer{}
 	cfg := authserver.Config{
-		Issuer:       issuer,
-		Resources:    []string{testResource},
-		Scopes:       []string{"mcp:tools", "files.read", "files.write"},
-		AutoApprove:  true,
-		EnableFaults: true,
-		Logger:       slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Issuer:      issuer,
+		Resources:   []string{testResource},
+		Scopes:      []string{"mcp:tools", "files.read", "files.write"},
+		AutoApprove: true,
+		Logger:      slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Clients: []authserver.ClientConfig{
 			{ID: rsClientID, Secret: rsClientSecret, RedirectURIs: []string{"https://rs.example.test/cb"}},
 			{ID: postClientID, Secret: postSecret, AuthMethod: "client_secret_post", RedirectURIs: []string{loopbackRedir}},

@@ -24,6 +24,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/evergrant/evergrant/internal/safefetch"
@@ -125,10 +126,6 @@ type Config struct {
 	// a fresh random key.
 	SigningKey *ecdsa.PrivateKey
 
-	// EnableFaults makes Faults return a fault injector, for tests and
-	// `evergrant check`. Never set it in production.
-	EnableFaults bool
-
 	// Logger receives one record per security-relevant event. It never
 	// contains tokens, codes, secrets or code verifiers. Nil discards.
 	Logger *slog.Logger
@@ -179,7 +176,6 @@ type Server struct {
 	now      func() time.Time
 	mux      *http.ServeMux
 	fetch    *safefetch.Fetcher
-	faults   *Faults
 	scopes   []string
 	defaults []string
 
@@ -191,6 +187,8 @@ type Server struct {
 	lastGC       time.Time
 
 	docs docCache // Client ID Metadata Documents
+
+	accessTTL atomic.Int64 // SetAccessTokenTTL's lifetime; 0: Config.AccessTokenTTL
 }
 
 // New returns a Server for cfg.
@@ -241,9 +239,6 @@ func New(cfg Config) (*Server, error) {
 	}
 	if s.cfg.Authenticate == nil {
 		s.cfg.Authenticate = StaticUser("demo-user")
-	}
-	if cfg.EnableFaults {
-		s.faults = &Faults{}
 	}
 	s.cfg.Resources = slices.Clone(cfg.Resources) // never write into the caller's slice
 	for i, r := range s.cfg.Resources {
@@ -407,6 +402,17 @@ func (s *Server) RotateKey() (string, error) {
 	}
 	s.log.Info("signing key rotated", "kid", kid)
 	return kid, nil
+}
+
+// SetAccessTokenTTL changes the lifetime of the access tokens issued from
+// now on, for example to shorten it after an incident, or to make tokens
+// expire within a test; zero or less restores Config.AccessTokenTTL.
+// Tokens already issued keep their lifetime. It is the server's one control
+// of that kind: faults are injected in front of it, never inside
+// (docs/design.md#as-rule-20).
+func (s *Server) SetAccessTokenTTL(d time.Duration) {
+	s.accessTTL.Store(int64(max(d, 0)))
+	s.log.Info("access token lifetime changed", "ttl", d)
 }
 
 // RevokeGrants revokes every grant f matches, with all of its refresh and

@@ -46,23 +46,6 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 		methodNotAllowed(w, "POST")
 		return
 	}
-	f := s.faults.state()
-	if f.tokenDelay > 0 {
-		select {
-		case <-time.After(f.tokenDelay):
-		case <-r.Context().Done():
-			return
-		}
-	}
-	if f.tokenStatus != 0 {
-		code := oauth.ErrorServerError
-		if f.tokenStatus == http.StatusServiceUnavailable {
-			code = oauth.ErrorTemporarilyUnavailable
-		}
-		s.log.Info("token request failed by fault injection", "status", f.tokenStatus)
-		oauth.WriteError(w, &oauth.Error{Code: code, Description: "injected fault", StatusCode: f.tokenStatus})
-		return
-	}
 	r.Body = http.MaxBytesReader(w, r.Body, maxFormBytes)
 	if err := r.ParseForm(); err != nil {
 		oauth.WriteError(w, oauth.NewError(oauth.ErrorInvalidRequest, "the request body could not be parsed as a form"))
@@ -92,7 +75,7 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 	if gt == oauth.GrantTypeAuthorizationCode {
 		resp, e = s.exchangeCode(r.Context(), client, r)
 	} else {
-		resp, e = s.refresh(r.Context(), client, r, f)
+		resp, e = s.refresh(r.Context(), client, r)
 	}
 	if e != nil {
 		oauth.WriteError(w, e)
@@ -157,7 +140,7 @@ func (s *Server) exchangeCode(ctx context.Context, client *Client, r *http.Reque
 // token again revokes the whole grant (RFC 9700 §4.14.2), unless it comes
 // within Config.RefreshReuseGrace of the rotation and its successor was not
 // used yet: then the successor is retired in its place (see reused).
-func (s *Server) refresh(ctx context.Context, client *Client, r *http.Request, f faultState) (*oauth.TokenResponse, *oauth.Error) {
+func (s *Server) refresh(ctx context.Context, client *Client, r *http.Request) (*oauth.TokenResponse, *oauth.Error) {
 	raw := r.PostForm.Get("refresh_token")
 	if raw == "" {
 		return nil, oauth.NewError(oauth.ErrorInvalidRequest, "refresh_token is required")
@@ -181,10 +164,6 @@ func (s *Server) refresh(ctx context.Context, client *Client, r *http.Request, f
 	}
 	if now.After(rt.ExpiresAt) {
 		return nil, oauth.NewError(oauth.ErrorInvalidGrant, "the refresh token has expired")
-	}
-	if f.refuseRefresh {
-		s.log.Info("refresh refused by fault injection", "grant_id", g.ID)
-		return nil, oauth.NewError(oauth.ErrorInvalidGrant, "the refresh token was refused (injected fault)")
 	}
 	if !rt.RotatedAt.IsZero() {
 		if e := s.reused(ctx, rt, now); e != nil {
@@ -282,7 +261,7 @@ func (s *Server) revokeForReuse(ctx context.Context, rt *RefreshToken, reason st
 func (s *Server) issue(ctx context.Context, client *Client, g *Grant, scopes []string, prev *RefreshToken, via string) (*oauth.TokenResponse, *oauth.Error) {
 	now := s.now()
 	ttl := s.cfg.AccessTokenTTL
-	if d := s.faults.state().accessTTL; d > 0 {
+	if d := time.Duration(s.accessTTL.Load()); d > 0 {
 		ttl = d
 	}
 	// Whole seconds, rounded up: the token lives at least expires_in from

@@ -308,7 +308,7 @@ func (d *demo) run(ctx context.Context, stderr io.Writer) (*demoReport, error) {
 	st, err := stack.New(stack.Config{
 		BaseURL: base, AutoApprove: true, Subject: demoSubject,
 		AccessTokenTTL: demoAccessTTL, RefreshTokenTTL: demoRefreshTTL, UpstreamTokenMaxAge: demoUpstreamMaxAge,
-		EnableFaults: true, Now: d.clk.Now,
+		Now: d.clk.Now,
 	})
 	if err != nil {
 		ln.Close()

@@ -19,8 +19,9 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/evergrant/evergrant/authserver"
+	"github.com/evergrant/evergrant/internal/faults"
+	"github.com/evergrant/evergrant/internal/stack"
 	"github.com/evergrant/evergrant/oauth"
-	"github.com/evergrant/evergrant/server"
 )
 
 // Scopes of the fixture's authorization server. The resource metadata
@@ -40,18 +41,21 @@ const (
 	clientLoopMCPRequests    = 200
 )
 
-// clientFixture is one scenario's world on loopback: the embedded
-// authorization server (faults enabled, auto-approve) and, at /mcp, an MCP
-// server of the official Go SDK behind the bearer middleware and a scripted
-// layer that can force answers. It records everything the client under test
-// sends, in one sequence, without keeping token material: tokens are known
-// by number (the order the authorization server issued them) and hash.
+// clientFixture is one scenario's world on loopback: the stack of
+// internal/stack with the embedded authorization server (auto-approve,
+// fault injection) and, at /mcp, an MCP server of the official Go SDK
+// behind the bearer middleware, with a scripted layer in front that can
+// force answers. It records everything the client under test sends, in one
+// sequence, without keeping token material: tokens are known by number
+// (the order the authorization server issued them) and hash.
 type clientFixture struct {
-	as     *authserver.Server
 	srv    *http.Server
 	ln     net.Listener
 	mcpURL string
 	prmURL string
+	faults *faults.Injector
+	// as is the authorization server, with its fault injector.
+	as http.Handler
 	// protected is the MCP server behind the bearer middleware.
 	protected http.Handler
 	// script decides about each MCP request, under mu; nil serves all.
@@ -150,68 +154,40 @@ func newClientFixture(logger *slog.Logger) (*clientFixture, error) {
 	}
 	base := "http://" + ln.Addr().String()
 	f := &clientFixture{
-		mcpURL:  base + "/mcp",
 		stop:    make(chan struct{}),
 		access:  map[string]*clientIssued{},
 		refresh: map[string]int{},
 		dead:    map[int]bool{},
 		state:   map[string]int{},
 	}
-	if f.prmURL, err = oauth.ProtectedResourceMetadataURL(f.mcpURL); err != nil {
-		ln.Close()
-		return nil, err
-	}
-	f.as, err = authserver.New(authserver.Config{
-		Issuer:        base,
-		Resources:     []string{f.mcpURL},
-		Scopes:        []string{clientScopeBase, clientScopeExtra},
-		DefaultScopes: []string{clientScopeBase},
-		AutoApprove:   true,
-		EnableFaults:  true,
+	mcpServer := clientMCPServer()
+	st, err := stack.New(stack.Config{
+		BaseURL:     base,
+		AutoApprove: true,
+		Scopes:      []string{clientScopeBase, clientScopeExtra},
+		Faults:      true,
 		// Conformance clients name a Client ID Metadata Document URL this
 		// server cannot fetch; dynamic registration works for every client.
-		DisableClientIDMetadata: true,
-		Logger:                  logger.With("component", "authserver"),
+		AuthServer: func(c *authserver.Config) { c.DisableClientIDMetadata = true },
+		Handler: mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return mcpServer },
+			&mcp.StreamableHTTPOptions{Logger: logger.With("component", "mcp-sdk")}),
+		ResourceName: "evergrant check client fixture",
+		WrapAuthServer: func(as http.Handler) http.Handler {
+			f.as = as
+			return http.HandlerFunc(f.serveAS)
+		},
+		WrapMCP: func(protected http.Handler) http.Handler {
+			f.protected = protected
+			return http.HandlerFunc(f.serveMCP)
+		},
+		Logger: logger,
 	})
 	if err != nil {
 		ln.Close()
 		return nil, err
 	}
-	verifier, err := server.NewJWTVerifier(server.JWTConfig{
-		Issuer: base, Audience: f.mcpURL, Keys: f.as.JWKS(), RequireATJWT: true,
-	})
-	if err != nil {
-		ln.Close()
-		return nil, err
-	}
-	mw, err := server.RequireToken(server.Config{
-		Resource: f.mcpURL, ResourceMetadataURL: f.prmURL, Verifier: verifier,
-		Logger: logger.With("component", "mcp"),
-	})
-	if err != nil {
-		ln.Close()
-		return nil, err
-	}
-	mcpServer := clientMCPServer()
-	f.protected = mw(mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return mcpServer },
-		&mcp.StreamableHTTPOptions{Logger: logger.With("component", "mcp-sdk")}))
-
-	mux := http.NewServeMux()
-	mux.HandleFunc("/", f.serveAS)
-	mux.HandleFunc("/mcp", f.serveMCP)
-	prm := server.MetadataHandler(oauth.ProtectedResourceMetadata{
-		Resource: f.mcpURL, AuthorizationServers: []string{base}, ScopesSupported: []string{clientScopeBase},
-		BearerMethodsSupported: []string{"header"}, ResourceName: "evergrant check client fixture",
-	})
-	paths, err := server.MetadataPaths(f.mcpURL)
-	if err != nil {
-		ln.Close()
-		return nil, err
-	}
-	for _, p := range paths {
-		mux.Handle(p, prm)
-	}
-	f.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelDebug)}
+	f.mcpURL, f.prmURL, f.faults = st.MCPURL, st.MetadataURL, st.Faults
+	f.srv = &http.Server{Handler: st.Handler, ReadHeaderTimeout: 10 * time.Second, ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelDebug)}
 	f.ln = ln
 	return f, nil
 }

@@ -78,7 +78,7 @@ var clientScenarios = []*clientScenario{
 				"further refresh grant, does not loop through authorization (once at most), and exits non-zero.",
 		},
 		setup: func(f *clientFixture) {
-			f.as.Faults().RefuseRefresh(true)
+			f.faults.RefuseRefresh(true)
 			rejectFirstCall("tools/call", "first")(f)
 		},
 		judge: judgeInvalidGrant,
@@ -257,7 +257,7 @@ func setupBare401(f *clientFixture) {
 }
 
 func setupProactive(f *clientFixture) {
-	f.as.Faults().SetAccessTokenTTL(clientProactiveTTL)
+	f.faults.SetAccessTokenTTL(clientProactiveTTL)
 	f.script = func(r *clientMCPRequest) clientAction {
 		if r.rpcMethod == "tools/list" && r.tokenNo != 0 && f.once("held") {
 			hold := time.Until(f.accessExpiry(r.tokenNo).Add(clientProactiveHold))

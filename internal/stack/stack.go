@@ -1,11 +1,25 @@
-// Package stack assembles what `evergrant serve` and `evergrant demo` run
-// on one loopback listener: the embedded authorization server at the root,
-// the example MCP server (examples/upstream) at /mcp behind the bearer
-// middleware, and the fake upstream API at /upstream/search.
+// Package stack assembles, for one listener, an authorization server and
+// an MCP server it protects: the one place in the project that wires them
+// together. On the listener:
+//
+//   - the embedded authorization server (package authserver) at the root;
+//   - the MCP endpoint at /mcp behind the bearer middleware
+//     (server.RequireToken), with its protected resource metadata at the
+//     well-known paths;
+//   - the fake upstream API of internal/upstream at /upstream/search.
+//
+// `evergrant serve` and `evergrant demo` run it with the example MCP
+// server of internal/upstream. The client tests (internal/fixture) and
+// `evergrant check client` run it with their own MCP handler, fault
+// injection (internal/faults), and a layer in front of the authorization
+// server and of the MCP endpoint that records requests and forces answers
+// (Config.WrapAuthServer, Config.WrapMCP). The caller owns the listener
+// and serves Stack.Handler on it.
 package stack
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -14,6 +28,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/evergrant/evergrant/authserver"
+	"github.com/evergrant/evergrant/internal/faults"
 	"github.com/evergrant/evergrant/internal/upstream"
 	"github.com/evergrant/evergrant/oauth"
 	"github.com/evergrant/evergrant/server"
@@ -25,7 +40,7 @@ const (
 	SearchPath = "/upstream/search"
 )
 
-// Config configures a Stack.
+// Config configures a Stack. Only BaseURL is required.
 type Config struct {
 	// BaseURL is the listener's URL, for example http://127.0.0.1:8400.
 	BaseURL string
@@ -33,7 +48,13 @@ type Config struct {
 	AutoApprove bool
 	// Subject is the user every authorization is for; default "demo-user".
 	Subject string
-	// AccessTokenTTL and RefreshTokenTTL are token lifetimes.
+	// Scopes the authorization server supports; default "mcp:tools" and
+	// upstream.NotesScope. The first is what a request that names none
+	// gets, and the only one the resource metadata advertises: the others
+	// come by step-up.
+	Scopes []string
+	// AccessTokenTTL and RefreshTokenTTL are token lifetimes; zero means the
+	// authorization server's defaults.
 	AccessTokenTTL  time.Duration
 	RefreshTokenTTL time.Duration
 	// UpstreamTokenMaxAge makes the fake upstream reject tokens older than
@@ -42,11 +63,35 @@ type Config struct {
 	// ExtraResources are other MCP servers the authorization server issues
 	// tokens for (for example examples/upstream-server).
 	ExtraResources []string
-	// EnableFaults turns on the authorization server's fault injection.
-	EnableFaults bool
-	// JSONResponse makes the MCP server answer with JSON instead of SSE.
+	// Clients are pre-registered clients of the authorization server.
+	Clients []authserver.ClientConfig
+	// AuthServer, when set, adjusts the authorization server's
+	// configuration last.
+	AuthServer func(*authserver.Config)
+	// Faults puts a fault injector (Stack.Faults) in front of the
+	// authorization server. For tests and `evergrant check`.
+	Faults bool
+	// Introspect makes the MCP endpoint ask the authorization server about
+	// every token (RFC 7662, without a cache) instead of verifying the JWT
+	// itself: expiry and revocation are then exactly the authorization
+	// server's, on its clock.
+	Introspect bool
+	// Handler serves the MCP endpoint behind the bearer middleware; nil
+	// means the example MCP server of internal/upstream.
+	Handler http.Handler
+	// JSONResponse makes the example MCP server answer with JSON instead of
+	// SSE.
 	JSONResponse bool
-	Logger       *slog.Logger
+	// ResourceName is the resource metadata's resource_name; default
+	// "evergrant example MCP server".
+	ResourceName string
+	// WrapAuthServer and WrapMCP, when set, wrap the authorization server
+	// (in front of its fault injector) and the MCP endpoint (in front of the
+	// bearer middleware), to record what reaches them or to answer some
+	// requests themselves.
+	WrapAuthServer func(http.Handler) http.Handler
+	WrapMCP        func(http.Handler) http.Handler
+	Logger         *slog.Logger
 	// Now is the clock of the authorization server, the verifier and the
 	// fake upstream; nil means time.Now. Tests and the demo move it to
 	// expire tokens without waiting.
@@ -55,7 +100,9 @@ type Config struct {
 
 // Stack is the assembled handler and the URLs it serves.
 type Stack struct {
-	AS          *authserver.Server
+	AS *authserver.Server
+	// Faults is the fault injector; nil unless Config.Faults.
+	Faults      *faults.Injector
 	Upstream    *upstream.FakeAPI
 	Handler     http.Handler
 	Issuer      string
@@ -64,8 +111,12 @@ type Stack struct {
 	UpstreamURL string
 }
 
-// Scopes the stack's authorization server supports.
-var scopes = []string{"mcp:tools", upstream.NotesScope}
+// defaultScopes are the scopes of a Config without Scopes.
+var defaultScopes = []string{"mcp:tools", upstream.NotesScope}
+
+// introspectionClientID is the resource server's client at the
+// authorization server when Config.Introspect is set.
+const introspectionClientID = "evergrant-stack-resource-server"
 
 // New builds a Stack.
 func New(cfg Config) (*Stack, error) {
@@ -76,49 +127,83 @@ func New(cfg Config) (*Stack, error) {
 	if cfg.Subject == "" {
 		cfg.Subject = "demo-user"
 	}
+	scopes := cfg.Scopes
+	if len(scopes) == 0 {
+		scopes = defaultScopes
+	}
+	if cfg.ResourceName == "" {
+		cfg.ResourceName = "evergrant example MCP server"
+	}
 	s := &Stack{Issuer: cfg.BaseURL, MCPURL: cfg.BaseURL + MCPPath, UpstreamURL: cfg.BaseURL + SearchPath}
 	md, err := oauth.ProtectedResourceMetadataURL(s.MCPURL)
 	if err != nil {
 		return nil, err
 	}
 	s.MetadataURL = md
-	as, err := authserver.New(authserver.Config{
+	asCfg := authserver.Config{
 		Issuer:          cfg.BaseURL,
 		Resources:       append([]string{s.MCPURL}, cfg.ExtraResources...),
 		Scopes:          append([]string(nil), scopes...),
-		DefaultScopes:   scopes[:1], // notes.write only when asked for (step-up)
+		DefaultScopes:   scopes[:1],
 		AccessTokenTTL:  cfg.AccessTokenTTL,
 		RefreshTokenTTL: cfg.RefreshTokenTTL,
 		AutoApprove:     cfg.AutoApprove,
 		Authenticate:    authserver.StaticUser(cfg.Subject),
-		EnableFaults:    cfg.EnableFaults,
+		Clients:         append([]authserver.ClientConfig(nil), cfg.Clients...),
 		Logger:          logger.With("component", "authserver"),
 		Now:             cfg.Now,
-	})
+	}
+	var rsSecret string
+	if cfg.Introspect {
+		rsSecret = rand.Text()
+		asCfg.Clients = append(asCfg.Clients, authserver.ClientConfig{
+			ID: introspectionClientID, Secret: rsSecret, RedirectURIs: []string{"https://rs.invalid/cb"},
+		})
+	}
+	if cfg.AuthServer != nil {
+		cfg.AuthServer(&asCfg)
+	}
+	as, err := authserver.New(asCfg)
 	if err != nil {
 		return nil, fmt.Errorf("authorization server: %w", err)
 	}
 	s.AS = as
-	verifier, err := server.NewJWTVerifier(server.JWTConfig{
-		Issuer: cfg.BaseURL, Audience: s.MCPURL, JWKSURL: cfg.BaseURL + authserver.PathJWKS, RequireATJWT: true,
-		Now: cfg.Now,
-	})
+	var asHandler http.Handler = as
+	if cfg.Faults {
+		s.Faults = faults.New(as, logger.With("component", "faults"))
+		asHandler = s.Faults
+	}
+
+	jwtVerifier := func(audience string) (server.Verifier, error) {
+		return server.NewJWTVerifier(server.JWTConfig{
+			Issuer: cfg.BaseURL, Audience: audience, JWKSURL: cfg.BaseURL + authserver.PathJWKS, RequireATJWT: true,
+			Now: cfg.Now,
+		})
+	}
+	verifier, err := jwtVerifier(s.MCPURL)
 	if err != nil {
 		return nil, fmt.Errorf("verifier: %w", err)
 	}
 	// The upstream accepts tokens for any resource this stack's authorization
-	// server serves (the delegated-token model of examples/upstream).
+	// server serves (the delegated-token model of internal/upstream).
 	upstreamVerifiers := anyOf{verifier}
 	for _, r := range cfg.ExtraResources {
-		v, err := server.NewJWTVerifier(server.JWTConfig{
-			Issuer: cfg.BaseURL, Audience: r, JWKSURL: cfg.BaseURL + authserver.PathJWKS, RequireATJWT: true, Now: cfg.Now,
-		})
+		v, err := jwtVerifier(r)
 		if err != nil {
 			return nil, fmt.Errorf("verifier for %s: %w", r, err)
 		}
 		upstreamVerifiers = append(upstreamVerifiers, v)
 	}
 	s.Upstream = &upstream.FakeAPI{Verifier: upstreamVerifiers, MaxAge: cfg.UpstreamTokenMaxAge, Now: cfg.Now}
+	if cfg.Introspect {
+		verifier, err = server.NewIntrospectionVerifier(server.IntrospectionConfig{
+			Endpoint: as.Metadata().IntrospectionEndpoint, ClientID: introspectionClientID, ClientSecret: rsSecret,
+			Resource: s.MCPURL, Issuer: cfg.BaseURL, CacheTTL: -1, Now: cfg.Now,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("verifier: %w", err)
+		}
+	}
 	mw, err := server.RequireToken(server.Config{
 		Resource: s.MCPURL, ResourceMetadataURL: s.MetadataURL, Verifier: verifier,
 		Logger: logger.With("component", "mcp"),
@@ -126,20 +211,30 @@ func New(cfg Config) (*Stack, error) {
 	if err != nil {
 		return nil, err
 	}
-	mcpSrv := upstream.NewMCPServer(s.UpstreamURL, nil)
-	mcpHandler := mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return mcpSrv },
-		&mcp.StreamableHTTPOptions{JSONResponse: cfg.JSONResponse, Logger: logger.With("component", "mcp-sdk"),
-			// Sessions a client abandoned (for example after its grant was
-			// revoked, its closing DELETE is refused) end on their own.
-			SessionTimeout: 30 * time.Minute})
+	mcpHandler := cfg.Handler
+	if mcpHandler == nil {
+		mcpSrv := upstream.NewMCPServer(s.UpstreamURL, nil)
+		mcpHandler = mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return mcpSrv },
+			&mcp.StreamableHTTPOptions{JSONResponse: cfg.JSONResponse, Logger: logger.With("component", "mcp-sdk"),
+				// Sessions a client abandoned (for example after its grant was
+				// revoked, its closing DELETE is refused) end on their own.
+				SessionTimeout: 30 * time.Minute})
+	}
+	protected := mw(mcpHandler)
 
+	if cfg.WrapAuthServer != nil {
+		asHandler = cfg.WrapAuthServer(asHandler)
+	}
+	if cfg.WrapMCP != nil {
+		protected = cfg.WrapMCP(protected)
+	}
 	mux := http.NewServeMux()
-	mux.Handle("/", as)
-	mux.Handle(MCPPath, mw(mcpHandler))
+	mux.Handle("/", asHandler)
+	mux.Handle(MCPPath, protected)
 	mux.Handle(SearchPath, s.Upstream)
 	prm := server.MetadataHandler(oauth.ProtectedResourceMetadata{
 		Resource: s.MCPURL, AuthorizationServers: []string{cfg.BaseURL}, ScopesSupported: scopes[:1],
-		BearerMethodsSupported: []string{"header"}, ResourceName: "evergrant example MCP server",
+		BearerMethodsSupported: []string{"header"}, ResourceName: cfg.ResourceName,
 	})
 	paths, err := server.MetadataPaths(s.MCPURL)
 	if err != nil {

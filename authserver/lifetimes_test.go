@@ -4,9 +4,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
-	"fmt"
 	"net/http"
-	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -84,105 +82,10 @@ func wantTokenError(t *testing.T, what string, st int, m map[string]any, status 
 	}
 }
 
-func TestFaults_NilUnlessEnabled(t *testing.T) {
-	off := newEnv(t, func(c *authserver.Config) { c.EnableFaults = false })
-	if f := off.as.Faults(); f != nil {
-		t.Fatalf("Faults() = %v without EnableFaults, want nil", f)
-	}
-	on := newEnv(t, nil) // newEnv enables faults
-	if on.as.Faults() == nil {
-		t.Fatal("Faults() = nil with EnableFaults")
-	}
-}
-
-func TestFaults_RefuseRefresh(t *testing.T) {
+func TestSetAccessTokenTTL(t *testing.T) {
 	e := newEnv(t, nil)
 	id := e.registerPublic(loopbackRedir)
-	rt := str(e.tokens(id, loopbackRedir), "refresh_token")
-
-	e.as.Faults().RefuseRefresh(true)
-	for i := range 2 { // refused every time, not just once
-		st, m := e.refresh(id, rt)
-		wantTokenError(t, fmt.Sprintf("refresh #%d while refused", i+1), st, m, http.StatusBadRequest, "invalid_grant")
-	}
-
-	e.as.Faults().RefuseRefresh(false)
-	st, m := e.refresh(id, rt)
-	if st != http.StatusOK || str(m, "access_token") == "" || str(m, "refresh_token") == "" {
-		t.Fatalf("refresh with the same token after RefuseRefresh(false): %d %v", st, m)
-	}
-	if !e.active(str(m, "access_token")) {
-		t.Fatal("access token issued after the fault is not active")
-	}
-}
-
-func TestFaults_FailTokenEndpoint(t *testing.T) {
-	for _, tt := range []struct {
-		status int
-		code   string
-	}{
-		{http.StatusServiceUnavailable, "temporarily_unavailable"},
-		{http.StatusInternalServerError, "server_error"},
-	} {
-		t.Run(http.StatusText(tt.status), func(t *testing.T) {
-			e := newEnv(t, nil)
-			id := e.registerPublic(loopbackRedir)
-			rt := str(e.tokens(id, loopbackRedir), "refresh_token")
-			verifier, challenge := pkce()
-			code := e.code(id, loopbackRedir, challenge)
-
-			e.as.Faults().FailTokenEndpoint(tt.status)
-			form := url.Values{"grant_type": {"refresh_token"}, "refresh_token": {rt}, "client_id": {id}}
-			st, m, h := e.post(authserver.PathToken, form, nil)
-			wantTokenError(t, "refresh during fault", st, m, tt.status, tt.code)
-			if cc := h.Get("Cache-Control"); !strings.Contains(cc, "no-store") {
-				t.Errorf("Cache-Control = %q, want no-store", cc)
-			}
-			if ct := h.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
-				t.Errorf("Content-Type = %q, want application/json", ct)
-			}
-			st, m = e.exchange(id, loopbackRedir, code, verifier)
-			wantTokenError(t, "code exchange during fault", st, m, tt.status, tt.code)
-
-			// The failed requests had no effect: neither the refresh token
-			// nor the code was consumed.
-			e.as.Faults().FailTokenEndpoint(0)
-			st, m = e.refresh(id, rt)
-			if st != http.StatusOK || str(m, "refresh_token") == "" {
-				t.Fatalf("refresh after the fault with the same token: %d %v", st, m)
-			}
-			st, m = e.exchange(id, loopbackRedir, code, verifier)
-			if st != http.StatusOK || str(m, "access_token") == "" {
-				t.Fatalf("code exchange after the fault with the same code: %d %v", st, m)
-			}
-		})
-	}
-}
-
-func TestFaults_DelayToken(t *testing.T) {
-	e := newEnv(t, nil)
-	id := e.registerPublic(loopbackRedir)
-	rt := str(e.tokens(id, loopbackRedir), "refresh_token")
-	const d = 300 * time.Millisecond
-	e.as.Faults().DelayToken(d)
-	start := time.Now()
-	st, m := e.refresh(id, rt)
-	if el := time.Since(start); el < d {
-		t.Errorf("refresh answered after %v, want at least %v", el, d)
-	}
-	if st != http.StatusOK {
-		t.Fatalf("delayed refresh: %d %v", st, m)
-	}
-	e.as.Faults().DelayToken(0)
-	if st, m := e.refresh(id, str(m, "refresh_token")); st != http.StatusOK {
-		t.Fatalf("refresh after DelayToken(0): %d %v", st, m)
-	}
-}
-
-func TestFaults_SetAccessTokenTTL(t *testing.T) {
-	e := newEnv(t, nil)
-	id := e.registerPublic(loopbackRedir)
-	e.as.Faults().SetAccessTokenTTL(2 * time.Second)
+	e.as.SetAccessTokenTTL(2 * time.Second)
 	m := e.tokens(id, loopbackRedir)
 	if got := m["expires_in"]; got != float64(2) {
 		t.Errorf("expires_in = %v, want 2", got)
@@ -202,18 +105,18 @@ func TestFaults_SetAccessTokenTTL(t *testing.T) {
 	if st != http.StatusOK || m["expires_in"] != float64(2) {
 		t.Fatalf("refresh under the override: %d %v", st, m)
 	}
-	e.as.Faults().SetAccessTokenTTL(0)
+	e.as.SetAccessTokenTTL(0)
 	st, m = e.refresh(id, str(m, "refresh_token"))
 	if want := float64(authserver.DefaultAccessTokenTTL / time.Second); st != http.StatusOK || m["expires_in"] != want {
 		t.Fatalf("refresh after SetAccessTokenTTL(0): %d expires_in=%v, want %v", st, m["expires_in"], want)
 	}
 }
 
-func TestFaults_ShortAccessTokenExpires(t *testing.T) {
+func TestSetAccessTokenTTL_ShortTokenExpires(t *testing.T) {
 	clk := newStepClock()
 	e := newEnv(t, withClock(clk))
 	id := e.registerPublic(loopbackRedir)
-	e.as.Faults().SetAccessTokenTTL(2 * time.Second)
+	e.as.SetAccessTokenTTL(2 * time.Second)
 	at := str(e.tokens(id, loopbackRedir), "access_token")
 	clk.Advance(time.Second)
 	if !e.active(at) {
