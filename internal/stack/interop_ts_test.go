@@ -135,12 +135,13 @@ func runRefreshScript(t *testing.T, ctx context.Context, node nodejs.Env, mcpURL
 	return []byte(lines[len(lines)-1])
 }
 
-// DESIGN §4.2 with the MCP TypeScript SDK's client: a tool handler's expiry
-// signal (upstream_search when the fake upstream rejects the token) reaches
-// the TypeScript SDK's StreamableHTTPClientTransport as HTTP 401
-// invalid_token on that very POST; the SDK refreshes with its refresh token
-// (one refresh_token grant, no new interactive authorization) and sends the
-// same JSON-RPC message again, which succeeds. Needs scripts/setup-node.sh.
+// docs/design.md#signal-rule-1 with the MCP TypeScript SDK's client: a
+// tool handler's expiry signal (upstream_search when the fake upstream
+// rejects the token) reaches the TypeScript SDK's
+// StreamableHTTPClientTransport as HTTP 401 invalid_token on that very
+// POST; the SDK refreshes with its refresh token (one refresh_token grant,
+// no new interactive authorization) and sends the same JSON-RPC message
+// again, which succeeds. Needs scripts/setup-node.sh.
 func TestInteropTypeScriptSDKClient_ExpirySignalRefreshesAndRetries(t *testing.T) {
 	node := nodejs.Require(t)
 	for _, jsonResp := range []bool{false, true} {
