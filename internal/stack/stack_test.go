@@ -16,9 +16,9 @@ import (
 )
 
 // The whole story of docs/design.md#signal-rule-1 and #client-rule-1: the
-// fake upstream starts rejecting, upstream_search signals, the client refreshes once, and the retried call
-// (same JSON-RPC id) succeeds — with this project's client and the official
-// Go SDK on both sides.
+// fake upstream starts rejecting, upstream_search signals, the client
+// refreshes once, and the retried call (same JSON-RPC id) succeeds — with
+// this project's client and the official Go SDK on both sides.
 func TestStory_UpstreamSignalRecoveredWithSameID(t *testing.T) {
 	for _, jsonResp := range []bool{false, true} {
 		name := "SSE"
