@@ -90,16 +90,19 @@ type SignIn struct {
 }
 
 // Bridge forwards messages between a host on stdio and a remote MCP server.
-//
-// The remote side is the official Go SDK's StreamableClientTransport used as
-// a bare mcp.Connection: Write POSTs a message (with the session id the
-// server assigned), Read returns what arrives on the POSTs' answers (JSON or
-// SSE). Two things the SDK does only for its own ClientSession (through an
-// unexported hook) the bridge does itself: sending Mcp-Protocol-Version after
-// initialize (protocolRT), and the standalone GET event stream that carries
-// the server's requests and notifications outside of a request
-// (standalone).
+// When the server forgets the session (it restarted, say), the bridge opens
+// a new one, initializing it as the host did; a request the server refuses
+// fails alone, with a JSON-RPC error that says why.
 type Bridge struct {
+	// The remote side is the official Go SDK's StreamableClientTransport
+	// used as a bare mcp.Connection: Write POSTs a message (with the session
+	// id the server assigned), Read returns what arrives on the POSTs'
+	// answers (JSON or SSE). Two things the SDK does only for its own
+	// ClientSession (through an unexported hook) the bridge does itself:
+	// sending Mcp-Protocol-Version after initialize (protocolRT), and the
+	// standalone GET event stream that carries the server's requests and
+	// notifications outside of a request (standalone).
+
 	url     string
 	login   func(SignIn) string
 	command string // login's command for a plain sign-in, or ""
@@ -148,11 +151,11 @@ func New(cfg Config) *Bridge {
 
 // Serve forwards the host's messages from stdin to the server and the
 // server's messages to stdout, one per line, until stdin ends or ctx is
-// done. Then it waits briefly (5 s at most) for the answers to the host's
-// pending requests, ends the session with the server, and returns: nil
-// when stdin ended, ctx.Err() when ctx was done, or the error reading
-// stdin (a line longer than the SDK's limit, 16 MiB). Serve may be called
-// only once.
+// done. When stdin ends, it waits briefly (5 s at most) for the answers to
+// the host's pending requests. Then it ends the session with the server
+// and returns: nil when stdin ended, ctx.Err() when ctx was done, or the
+// error reading stdin (a line longer than the SDK's limit, 16 MiB). Serve
+// may be called only once; a second call returns an error.
 func (b *Bridge) Serve(ctx context.Context, stdin io.Reader, stdout io.Writer) error {
 	b.mu.Lock()
 	if b.served {
