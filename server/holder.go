@@ -153,7 +153,7 @@ type rpcMessage struct {
 // signalOf returns the signal a message carries, if it is one.
 func (h *holder) signalOf(data []byte) (*signalData, bool) {
 	var msg rpcMessage
-	if json.Unmarshal(data, &msg) != nil || msg.Error == nil || msg.Error.Code != h.m.cfg.SignalCode {
+	if json.Unmarshal(data, &msg) != nil || msg.Error == nil || msg.Error.Code != signalCode {
 		return nil, false
 	}
 	var sd signalData

@@ -11,7 +11,26 @@ import (
 
 // MetadataHandler serves an RFC 9728 protected resource metadata document,
 // with CORS for GET so browser-based clients can discover it.
+//
+// Deprecated: use Protect, which serves the metadata of Config.Metadata at
+// the paths of MetadataPaths.
 func MetadataHandler(md oauth.ProtectedResourceMetadata) http.Handler {
+	return metadataHandler(md)
+}
+
+// MetadataPaths returns the paths at which the metadata of resource is
+// served: the path-inserted well-known path (RFC 9728 §3.1) and, for a
+// resource with a path, the root one that clients try next.
+//
+// Deprecated: use Protect, which mounts the metadata at these paths.
+func MetadataPaths(resource string) ([]string, error) {
+	return metadataPaths(resource)
+}
+
+// metadataHandler serves an RFC 9728 protected resource metadata document,
+// with CORS for GET so browser-based clients can discover it
+// (docs/design.md#server-rule-9).
+func metadataHandler(md oauth.ProtectedResourceMetadata) http.Handler {
 	body, err := json.Marshal(md)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		h := w.Header()
@@ -38,10 +57,10 @@ func MetadataHandler(md oauth.ProtectedResourceMetadata) http.Handler {
 	})
 }
 
-// MetadataPaths returns the paths at which the metadata of resource is
+// metadataPaths returns the paths at which the metadata of resource is
 // served: the path-inserted well-known path (RFC 9728 §3.1) and, for a
 // resource with a path, the root one that clients try next.
-func MetadataPaths(resource string) ([]string, error) {
+func metadataPaths(resource string) ([]string, error) {
 	urls, err := oauth.ProtectedResourceMetadataURLs(resource)
 	if err != nil {
 		return nil, err

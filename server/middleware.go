@@ -20,19 +20,32 @@ import (
 	"github.com/evergrant/evergrant/oauth"
 )
 
-// DefaultSignalCode is the JSON-RPC error code a tool signal travels with
-// from the mcp.Server to the HTTP layer. It is in the range JSON-RPC leaves
-// to implementations and clear of the codes MCP and the Go SDK use (-32000,
-// -32001, -32020…-32022, -32042).
-const DefaultSignalCode = -32060
+// signalCode is the JSON-RPC error code a tool signal travels with from
+// the mcp.Server (Signals) to the HTTP layer (the holder). It is in the
+// range JSON-RPC leaves to implementations and clear of the codes MCP and
+// the Go SDK use (-32000, -32001, -32020…-32022, -32042). It is one
+// constant, not a setting, so the two ends cannot disagree
+// (docs/design.md#signal-rule-3).
+const signalCode = -32060
 
-// Config configures RequireToken.
+// Config configures Protect.
 type Config struct {
-	// Resource is the canonical URL of the protected MCP endpoint; it names
-	// this server in challenges and metadata. Required.
+	// Resource is the canonical URL of the protected MCP endpoint, as
+	// clients address it; it names this server in challenges and metadata,
+	// and its path is where Protect mounts the endpoint. Required.
 	Resource string
+	// Metadata is the protected resource metadata document (RFC 9728 §2)
+	// Protect serves. AuthorizationServers must name at least one issuer.
+	// Its Resource may be left empty: it is set to Resource (a different
+	// one is an error). Empty ScopesSupported means Scopes, and empty
+	// BearerMethodsSupported means "header", the only method accepted.
+	Metadata oauth.ProtectedResourceMetadata
 	// ResourceMetadataURL is advertised in every challenge (RFC 9728 §5.1).
 	// Empty means the path-inserted well-known URL of Resource.
+	//
+	// Deprecated: only RequireToken reads it. Protect serves the metadata
+	// at the well-known URLs of Resource and advertises the path-inserted
+	// one; it refuses any other value here.
 	ResourceMetadataURL string
 	// Verifier checks tokens. Required.
 	Verifier Verifier
@@ -42,9 +55,6 @@ type Config struct {
 	Scopes []string
 	// Realm, when set, is sent in challenges.
 	Realm string
-	// SignalCode is the JSON-RPC code tool signals travel with; zero means
-	// DefaultSignalCode. It must match the one given to Signals.
-	SignalCode int64
 	// HoldNotifications is how long a POST response that so far carries
 	// only notifications (progress) is held back in case the tool signals;
 	// zero means 250ms, negative means not at all.
@@ -66,7 +76,7 @@ func TokenInfoFromContext(ctx context.Context) *TokenInfo {
 	return ti
 }
 
-// middleware is the state behind RequireToken.
+// middleware is the bearer middleware of Protect.
 type middleware struct {
 	cfg      Config
 	metadata string
@@ -80,9 +90,25 @@ type middleware struct {
 // maxRejected bounds the set of tokens marked rejected by a late signal.
 const maxRejected = 100000
 
-// RequireToken returns middleware that admits only requests with a valid
-// bearer token for cfg.Resource, answering the others with the challenges
-// of RFC 6750 §3 and RFC 9728 §5.1:
+// RequireToken returns the bearer middleware of Protect on its own: it
+// admits only requests with a valid bearer token for cfg.Resource and turns
+// tool signals into 401 or 403 answers, but mounts nothing and serves no
+// metadata. cfg.Metadata is ignored.
+//
+// Deprecated: use Protect, which also serves the protected resource
+// metadata the challenges point to and adds Signals to the mcp.Server.
+func RequireToken(cfg Config) (func(http.Handler) http.Handler, error) {
+	m, err := newMiddleware(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return m.wrap, nil
+}
+
+// newMiddleware checks cfg and returns the bearer middleware for it, which
+// admits only requests with a valid bearer token for cfg.Resource and
+// answers the others with the challenges of RFC 6750 §3 and RFC 9728 §5.1
+// (docs/design.md#server-rules):
 //
 //   - no token: 401, Bearer resource_metadata (and scope when configured),
 //     no error;
@@ -96,10 +122,10 @@ const maxRejected = 100000
 //     JWTVerifier does when a key set refetch is rate-limited).
 //
 // It also turns tool signals (TokenExpired, InsufficientScope) into 401 or
-// 403 answers on the same HTTP response; add Signals to the mcp.Server for
-// that. The verified token reaches handlers through TokenInfoFromContext
-// and, for the official Go SDK, as req.Extra.TokenInfo.
-func RequireToken(cfg Config) (func(http.Handler) http.Handler, error) {
+// 403 answers on the same HTTP response (docs/design.md#signal-rules). The
+// verified token reaches handlers through TokenInfoFromContext and, for
+// the official Go SDK, as req.Extra.TokenInfo.
+func newMiddleware(cfg Config) (*middleware, error) {
 	if cfg.Verifier == nil {
 		return nil, errors.New("server: Config.Verifier is required")
 	}
@@ -121,13 +147,10 @@ func RequireToken(cfg Config) (func(http.Handler) http.Handler, error) {
 	if m.now == nil {
 		m.now = time.Now
 	}
-	if m.cfg.SignalCode == 0 {
-		m.cfg.SignalCode = DefaultSignalCode
-	}
 	if m.cfg.HoldNotifications == 0 {
 		m.cfg.HoldNotifications = 250 * time.Millisecond
 	}
-	return m.wrap, nil
+	return m, nil
 }
 
 func hashToken(tok string) string {

@@ -11,13 +11,17 @@ import (
 
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/modelcontextprotocol/go-sdk/auth"
+	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/evergrant/evergrant/authserver"
 	"github.com/evergrant/evergrant/oauth"
 	"github.com/evergrant/evergrant/server"
 )
 
-const testResource = "https://mcp.example.test/mcp"
+const (
+	testResource = "https://mcp.example.test/mcp"
+	testIssuer   = "https://as.example.test"
+)
 
 // fakeVerifier accepts tokens "tok-<letters>" (t: mcp:tools, w: files.write,
 // r: files.read), says
@@ -40,7 +44,16 @@ var fakeVerifier = server.VerifierFunc(func(_ context.Context, tok string) (*ser
 	return &server.TokenInfo{Subject: "user-" + rest, ClientID: "c1", Scopes: scopes, Expiry: time.Now().Add(time.Hour)}, nil
 })
 
+// protect returns a ServeMux on which Protect has mounted h, with defaults
+// for what cfg leaves out: testResource, fakeVerifier and an authorization
+// server.
 func protect(t testing.TB, cfg server.Config, h http.Handler) http.Handler {
+	t.Helper()
+	return protectServer(t, nil, cfg, h)
+}
+
+// protectServer is protect with an mcp.Server for Protect.
+func protectServer(t testing.TB, srv *mcp.Server, cfg server.Config, h http.Handler) http.Handler {
 	t.Helper()
 	if cfg.Resource == "" {
 		cfg.Resource = testResource
@@ -48,11 +61,14 @@ func protect(t testing.TB, cfg server.Config, h http.Handler) http.Handler {
 	if cfg.Verifier == nil {
 		cfg.Verifier = fakeVerifier
 	}
-	mw, err := server.RequireToken(cfg)
-	if err != nil {
+	if len(cfg.Metadata.AuthorizationServers) == 0 {
+		cfg.Metadata.AuthorizationServers = []string{testIssuer}
+	}
+	mux := http.NewServeMux()
+	if err := server.Protect(mux, srv, h, cfg); err != nil {
 		t.Fatal(err)
 	}
-	return mw(h)
+	return mux
 }
 
 // Every answer of docs/design.md#server-rule-1 to #server-rule-7, with the
@@ -93,8 +109,6 @@ func TestChallenges_RFC6750(t *testing.T) {
 			challenge: `Bearer error="invalid_request", error_description="malformed Bearer credentials", ` + md},
 		{name: "verifier unavailable is 503, not 401", header: []string{"Bearer down"}, status: 503, bodyHasErr: "temporarily_unavailable"},
 		{name: "realm", cfg: server.Config{Realm: "mcp"}, status: 401, challenge: `Bearer realm="mcp", ` + md},
-		{name: "custom metadata URL", cfg: server.Config{ResourceMetadataURL: "https://x.example.test/prm"}, status: 401,
-			challenge: `Bearer resource_metadata="https://x.example.test/prm"`},
 		{name: "good token", header: []string{"Bearer tok-t"}, status: 200},
 	}
 	for _, tc := range cases {
@@ -128,41 +142,6 @@ func TestChallenges_RFC6750(t *testing.T) {
 				t.Errorf("handler did not see the token info: %q", rec.Body)
 			}
 		})
-	}
-}
-
-func TestRequireToken_ConfigErrors(t *testing.T) {
-	if _, err := server.RequireToken(server.Config{Resource: testResource}); err == nil {
-		t.Error("no verifier accepted")
-	}
-	if _, err := server.RequireToken(server.Config{Resource: "not a url", Verifier: fakeVerifier}); err == nil {
-		t.Error("bad resource accepted")
-	}
-}
-
-func TestMetadataHandler_CORSAndPaths(t *testing.T) {
-	h := server.MetadataHandler(oauth.ProtectedResourceMetadata{Resource: testResource, AuthorizationServers: []string{"https://as.example.test"}})
-	rec := httptest.NewRecorder()
-	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/", nil))
-	if rec.Code != 200 || rec.Header().Get("Access-Control-Allow-Origin") != "*" {
-		t.Fatalf("GET: %d, CORS %q", rec.Code, rec.Header().Get("Access-Control-Allow-Origin"))
-	}
-	if _, err := oauth.ParseProtectedResourceMetadata(rec.Body.Bytes(), testResource); err != nil {
-		t.Fatalf("document: %v", err)
-	}
-	rec = httptest.NewRecorder()
-	h.ServeHTTP(rec, httptest.NewRequest(http.MethodOptions, "/", nil))
-	if rec.Code != 204 || !strings.Contains(rec.Header().Get("Access-Control-Allow-Methods"), "GET") {
-		t.Fatalf("preflight: %d %v", rec.Code, rec.Header())
-	}
-	rec = httptest.NewRecorder()
-	h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/", nil))
-	if rec.Code != 405 {
-		t.Fatalf("POST: %d", rec.Code)
-	}
-	paths, err := server.MetadataPaths(testResource)
-	if err != nil || len(paths) != 2 || paths[0] != "/.well-known/oauth-protected-resource/mcp" || paths[1] != "/.well-known/oauth-protected-resource" {
-		t.Fatalf("paths %v %v", paths, err)
 	}
 }
 

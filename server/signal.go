@@ -16,11 +16,10 @@ import (
 // Signal is an error a tool handler returns (or wraps) to say that the
 // caller's token no longer works — typically because the upstream API the
 // tool calls with the user's delegated token rejected it — or that it lacks
-// a scope. With Signals on the mcp.Server and RequireToken around its HTTP
-// handler, the client gets 401 invalid_token or 403 insufficient_scope on
-// that very HTTP response instead of a tool error inside an HTTP 200, so a
-// compliant client refreshes (or steps up) and calls again with the same
-// JSON-RPC id.
+// a scope. With the mcp.Server and its HTTP handler given to Protect, the
+// client gets 401 invalid_token or 403 insufficient_scope on that very HTTP
+// response instead of a tool error inside an HTTP 200, so a compliant
+// client refreshes (or steps up) and calls again with the same JSON-RPC id.
 //
 // A tool should signal before it has done anything it cannot repeat: the
 // client will call it again.
@@ -67,42 +66,49 @@ type signalData struct {
 	Scope            string `json:"scope,omitempty"`
 }
 
-func (s *Signal) wire(code int64) *jsonrpc.Error {
+// wire returns the JSON-RPC error s travels as.
+func (s *Signal) wire() *jsonrpc.Error {
 	data, _ := json.Marshal(signalData{Status: s.Status, Error: s.Code, ErrorDescription: s.Description, Scope: oauth.FormatScope(s.Scopes)})
 	msg := "the access token was rejected"
 	if s.Status == http.StatusForbidden {
 		msg = "the access token lacks a required scope"
 	}
-	return &jsonrpc.Error{Code: code, Message: msg, Data: data}
+	return &jsonrpc.Error{Code: signalCode, Message: msg, Data: data}
 }
 
 // Signals returns the receiving middleware for an mcp.Server that catches
 // tool signals before the SDK turns them into an isError result, and
-// answers with a bare JSON-RPC error with code (zero means
-// DefaultSignalCode); RequireToken turns that into the HTTP answer. It
-// works for tools/call, resources/read and prompts/get.
+// answers with a bare JSON-RPC error with the reserved signal code, which
+// the handler Protect mounts turns into the HTTP answer
+// (docs/design.md#signal-rule-3). It works for tools/call, resources/read
+// and prompts/get. Protect adds it to the mcp.Server it is given; add it
+// yourself only to servers Protect is not given (a handler that makes a
+// server per request).
 //
-//	srv := mcp.NewServer(impl, nil)
-//	srv.AddReceivingMiddleware(server.Signals(0))
+// code must be zero: the code is one constant of this package, so the
+// middleware and the HTTP layer cannot disagree. Any other value panics.
 func Signals(code int64) mcp.Middleware {
-	if code == 0 {
-		code = DefaultSignalCode
+	if code != 0 {
+		panic("server: Signals: the signal code is fixed; pass 0")
 	}
-	return func(next mcp.MethodHandler) mcp.MethodHandler {
-		return func(ctx context.Context, method string, req mcp.Request) (mcp.Result, error) {
-			res, err := next(ctx, method, req)
-			var sig *Signal
-			if err != nil && errors.As(err, &sig) {
-				// The SDK passes a bare *jsonrpc.Error through but turns a
-				// wrapped one into an isError result: return it unwrapped.
-				return nil, sig.wire(code)
-			}
-			if ctr, ok := res.(*mcp.CallToolResult); ok && ctr != nil && ctr.IsError {
-				if e := ctr.GetError(); e != nil && errors.As(e, &sig) {
-					return nil, sig.wire(code)
-				}
-			}
-			return res, err
+	return signals
+}
+
+// signals is the middleware of Signals.
+func signals(next mcp.MethodHandler) mcp.MethodHandler {
+	return func(ctx context.Context, method string, req mcp.Request) (mcp.Result, error) {
+		res, err := next(ctx, method, req)
+		var sig *Signal
+		if err != nil && errors.As(err, &sig) {
+			// The SDK passes a bare *jsonrpc.Error through but turns a
+			// wrapped one into an isError result: return it unwrapped.
+			return nil, sig.wire()
 		}
+		if ctr, ok := res.(*mcp.CallToolResult); ok && ctr != nil && ctr.IsError {
+			if e := ctr.GetError(); e != nil && errors.As(e, &sig) {
+				return nil, sig.wire()
+			}
+		}
+		return res, err
 	}
 }

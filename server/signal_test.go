@@ -38,12 +38,12 @@ var modes = []mode{
 
 type empty struct{}
 
-// newSignalServer is an official-SDK MCP server with tools that signal,
-// behind RequireToken.
-func newSignalServer(t *testing.T, m mode, cfg server.Config) *httptest.Server {
+// newSignalServer serves an official-SDK MCP server with tools that
+// signal, given to Protect (which adds Signals to it), and returns the URL
+// of its endpoint.
+func newSignalServer(t *testing.T, m mode, cfg server.Config) (endpoint string) {
 	t.Helper()
 	srv := mcp.NewServer(&mcp.Implementation{Name: "signals", Version: "1"}, nil)
-	srv.AddReceivingMiddleware(server.Signals(0))
 	tool := func(name string, h func(context.Context, *mcp.CallToolRequest) (*mcp.CallToolResult, any, error)) {
 		mcp.AddTool(srv, &mcp.Tool{Name: name}, func(ctx context.Context, req *mcp.CallToolRequest, _ empty) (*mcp.CallToolResult, any, error) {
 			return h(ctx, req)
@@ -91,9 +91,9 @@ func newSignalServer(t *testing.T, m mode, cfg server.Config) *httptest.Server {
 	if cfg.HoldNotifications == 0 {
 		cfg.HoldNotifications = 100 * time.Millisecond
 	}
-	ts := httptest.NewServer(protect(t, cfg, h))
+	ts := httptest.NewServer(protectServer(t, srv, cfg, h))
 	t.Cleanup(ts.Close)
-	return ts
+	return ts.URL + "/mcp"
 }
 
 // rawClient speaks streamable HTTP by hand, to see statuses and headers.
@@ -170,8 +170,8 @@ func TestSignals_TokenExpiredIs401WithSameID(t *testing.T) {
 	for _, m := range modes {
 		for _, tool := range []string{"expire", "wrapped", "progress_then_expire"} {
 			t.Run(m.name+"/"+tool, func(t *testing.T) {
-				ts := newSignalServer(t, m, server.Config{})
-				c := &rawClient{t: t, url: ts.URL, token: "tok-t"}
+				endpoint := newSignalServer(t, m, server.Config{})
+				c := &rawClient{t: t, url: endpoint, token: "tok-t"}
 				c.initialize()
 				resp := c.post(callTool(tool, 77))
 				if resp.StatusCode != http.StatusUnauthorized {
@@ -182,7 +182,7 @@ func TestSignals_TokenExpiredIs401WithSameID(t *testing.T) {
 					t.Fatalf("challenge %q", resp.Header.Get("WWW-Authenticate"))
 				}
 				msgs := messages(t, resp)
-				if len(msgs) != 1 || msgs[0]["id"] != float64(77) || msgs[0]["error"].(map[string]any)["code"] != float64(server.DefaultSignalCode) {
+				if len(msgs) != 1 || msgs[0]["id"] != float64(77) || msgs[0]["error"].(map[string]any)["code"] != float64(-32060) {
 					t.Fatalf("body %v, want the JSON-RPC error with id 77", msgs)
 				}
 				// The same token is refused from now on.
@@ -199,8 +199,8 @@ func TestSignals_TokenExpiredIs401WithSameID(t *testing.T) {
 func TestSignals_InsufficientScopeIs403(t *testing.T) {
 	for _, m := range modes {
 		t.Run(m.name, func(t *testing.T) {
-			ts := newSignalServer(t, m, server.Config{})
-			c := &rawClient{t: t, url: ts.URL, token: "tok-t"}
+			endpoint := newSignalServer(t, m, server.Config{})
+			c := &rawClient{t: t, url: endpoint, token: "tok-t"}
 			c.initialize()
 			resp := c.post(callTool("scope", 5))
 			if resp.StatusCode != http.StatusForbidden {
@@ -227,8 +227,8 @@ func TestSignals_InsufficientScopeIs403(t *testing.T) {
 func TestSignals_OrdinaryErrorsUnchanged(t *testing.T) {
 	for _, m := range modes {
 		t.Run(m.name, func(t *testing.T) {
-			ts := newSignalServer(t, m, server.Config{})
-			c := &rawClient{t: t, url: ts.URL, token: "tok-t"}
+			endpoint := newSignalServer(t, m, server.Config{})
+			c := &rawClient{t: t, url: endpoint, token: "tok-t"}
 			c.initialize()
 			for _, tool := range []string{"plain", "ok"} {
 				resp := c.post(callTool(tool, 9))
@@ -253,8 +253,8 @@ func TestSignals_TooLateStaysInStreamAndRejectsToken(t *testing.T) {
 			continue
 		}
 		t.Run(m.name, func(t *testing.T) {
-			ts := newSignalServer(t, m, server.Config{HoldNotifications: 50 * time.Millisecond})
-			c := &rawClient{t: t, url: ts.URL, token: "tok-tlate"}
+			endpoint := newSignalServer(t, m, server.Config{HoldNotifications: 50 * time.Millisecond})
+			c := &rawClient{t: t, url: endpoint, token: "tok-tlate"}
 			c.initialize()
 			resp := c.post(callTool("progress_wait_expire", 11))
 			if resp.StatusCode != 200 {
@@ -284,7 +284,7 @@ func TestSignals_ElicitationDuringToolCall(t *testing.T) {
 			continue
 		}
 		t.Run(m.name, func(t *testing.T) {
-			ts := newSignalServer(t, m, server.Config{HoldNotifications: 5 * time.Second})
+			endpoint := newSignalServer(t, m, server.Config{HoldNotifications: 5 * time.Second})
 			var asked atomic.Int32
 			cl := mcp.NewClient(&mcp.Implementation{Name: "c", Version: "1"}, &mcp.ClientOptions{
 				ElicitationHandler: func(context.Context, *mcp.ElicitRequest) (*mcp.ElicitResult, error) {
@@ -295,7 +295,7 @@ func TestSignals_ElicitationDuringToolCall(t *testing.T) {
 			hc := &http.Client{Transport: bearer("tok-t")}
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			sess, err := cl.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: ts.URL, HTTPClient: hc}, nil)
+			sess, err := cl.Connect(ctx, &mcp.StreamableClientTransport{Endpoint: endpoint, HTTPClient: hc}, nil)
 			if err != nil {
 				t.Fatal(err)
 			}

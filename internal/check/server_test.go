@@ -130,9 +130,9 @@ func TestServerCheckStackAllPass(t *testing.T) {
 	}
 }
 
-// evergrantScopedServer is evergrant's authorization server and bearer
-// middleware in front of an official-SDK MCP server whose tool write_file
-// signals server.InsufficientScope when the token lacks files.write.
+// evergrantScopedServer is evergrant's authorization server and, through
+// server.Protect, an official-SDK MCP server whose tool write_file signals
+// server.InsufficientScope when the token lacks files.write.
 func evergrantScopedServer(t *testing.T) (mcpURL string) {
 	t.Helper()
 	ts := httptest.NewUnstartedServer(nil)
@@ -147,12 +147,7 @@ func evergrantScopedServer(t *testing.T) (mcpURL string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mw, err := server.RequireToken(server.Config{Resource: mcpURL, Verifier: verifier})
-	if err != nil {
-		t.Fatal(err)
-	}
 	srv := mcp.NewServer(&mcp.Implementation{Name: "scoped", Version: "1"}, nil)
-	srv.AddReceivingMiddleware(server.Signals(0))
 	mcp.AddTool(srv, &mcp.Tool{Name: "write_file"}, func(ctx context.Context, req *mcp.CallToolRequest, _ struct{}) (*mcp.CallToolResult, struct{}, error) {
 		if !slices.Contains(req.Extra.TokenInfo.Scopes, "files.write") {
 			return nil, struct{}{}, server.InsufficientScope("files.write")
@@ -161,15 +156,12 @@ func evergrantScopedServer(t *testing.T) (mcpURL string) {
 	})
 	mux := http.NewServeMux()
 	mux.Handle("/", as)
-	mux.Handle("/mcp", mw(mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return srv }, nil)))
-	paths, err := server.MetadataPaths(mcpURL)
+	err = server.Protect(mux, srv, mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return srv }, nil), server.Config{
+		Resource: mcpURL, Verifier: verifier,
+		Metadata: oauth.ProtectedResourceMetadata{AuthorizationServers: []string{base}, ScopesSupported: []string{"mcp:tools"}},
+	})
 	if err != nil {
 		t.Fatal(err)
-	}
-	prm := server.MetadataHandler(oauth.ProtectedResourceMetadata{Resource: mcpURL, AuthorizationServers: []string{base},
-		ScopesSupported: []string{"mcp:tools"}})
-	for _, p := range paths {
-		mux.Handle(p, prm)
 	}
 	ts.Config.Handler = mux
 	ts.Start()
