@@ -7,6 +7,8 @@
 #      the machine's own node may be older).
 #   2. The npm dependencies of interop/node (npm ci, from its package-lock.json),
 #      installed with that Node 22.
+#   3. The same for interop/oidc-provider (panva's oidc-provider, the
+#      authorization server of internal/oidcinterop's tests).
 #
 # Go tests find this Node through internal/nodejs (EVERGRANT_NODE overrides it).
 # Needs: bash, npm on PATH, and the npm registry. Reads no standard input.
@@ -63,6 +65,18 @@ if [[ -f "$stamp_file" ]] && [[ "$(cat "$stamp_file")" == "$want_stamp" ]]; then
 else
 	log "npm ci in interop/node"
 	(cd "$interop" && npm_quiet ci)
+	printf '%s\n' "$want_stamp" >"$stamp_file"
+fi
+
+# --- 3. interop/oidc-provider dependencies --------------------------------------
+oidc="$repo/interop/oidc-provider"
+stamp_file="$oidc/node_modules/.evergrant-setup-stamp"
+want_stamp="$(sha256sum "$oidc/package-lock.json" | cut -d' ' -f1) $("$node" --version)"
+if [[ -f "$stamp_file" ]] && [[ "$(cat "$stamp_file")" == "$want_stamp" ]]; then
+	log "interop/oidc-provider/node_modules is current"
+else
+	log "npm ci in interop/oidc-provider"
+	(cd "$oidc" && npm_quiet ci)
 	printf '%s\n' "$want_stamp" >"$stamp_file"
 fi
 
