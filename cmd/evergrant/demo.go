@@ -490,7 +490,7 @@ func (d *demo) run(ctx context.Context, stderr io.Writer) (*demoReport, error) {
 				return fmt.Errorf("want a *client.NeedsReauthError at the call site, got: %v", err)
 			}
 			hint := reauthHint(d.mcpURL)
-			rep.NeedsReauthErr = &demoReauthReport{Reason: ne.Reason, ErrorCode: ne.ErrorCode, Hint: hint}
+			rep.NeedsReauthErr = &demoReauthReport{Reason: string(ne.Reason), ErrorCode: ne.ErrorCode, Hint: hint}
 			code := ""
 			if ne.ErrorCode != "" {
 				code = " (" + ne.ErrorCode + ")"
@@ -683,7 +683,7 @@ func (d *demo) onEvent(e client.Event) {
 		reason := ""
 		var ne *client.NeedsReauthError
 		if errors.As(e.Err, &ne) {
-			reason = ne.Reason
+			reason = string(ne.Reason)
 			if ne.ErrorCode != "" {
 				reason += " (" + ne.ErrorCode + ")"
 			}
