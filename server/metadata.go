@@ -12,8 +12,9 @@ import (
 // MetadataHandler serves an RFC 9728 protected resource metadata document,
 // with CORS for GET so browser-based clients can discover it.
 //
-// Deprecated: use Protect, which serves the metadata of Config.Metadata at
-// the paths of MetadataPaths.
+// Use Protect, which serves the metadata of Config.Metadata at the paths
+// of MetadataPaths. MetadataHandler is kept only until the repository's
+// last callers have moved to Protect.
 func MetadataHandler(md oauth.ProtectedResourceMetadata) http.Handler {
 	return metadataHandler(md)
 }
@@ -22,7 +23,8 @@ func MetadataHandler(md oauth.ProtectedResourceMetadata) http.Handler {
 // served: the path-inserted well-known path (RFC 9728 §3.1) and, for a
 // resource with a path, the root one that clients try next.
 //
-// Deprecated: use Protect, which mounts the metadata at these paths.
+// Use Protect, which mounts the metadata at these paths. MetadataPaths is
+// kept only until the repository's last callers have moved to Protect.
 func MetadataPaths(resource string) ([]string, error) {
 	return metadataPaths(resource)
 }

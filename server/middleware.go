@@ -40,12 +40,10 @@ type Config struct {
 	// one is an error). Empty ScopesSupported means Scopes, and empty
 	// BearerMethodsSupported means "header", the only method accepted.
 	Metadata oauth.ProtectedResourceMetadata
-	// ResourceMetadataURL is advertised in every challenge (RFC 9728 §5.1).
-	// Empty means the path-inserted well-known URL of Resource.
-	//
-	// Deprecated: only RequireToken reads it. Protect serves the metadata
-	// at the well-known URLs of Resource and advertises the path-inserted
-	// one; it refuses any other value here.
+	// ResourceMetadataURL is advertised in every challenge (RFC 9728 §5.1)
+	// by RequireToken; empty means the path-inserted well-known URL of
+	// Resource. Protect serves the metadata at that URL and advertises it,
+	// and refuses any other value here. It goes away with RequireToken.
 	ResourceMetadataURL string
 	// Verifier checks tokens. Required.
 	Verifier Verifier
@@ -95,8 +93,9 @@ const maxRejected = 100000
 // tool signals into 401 or 403 answers, but mounts nothing and serves no
 // metadata. cfg.Metadata is ignored.
 //
-// Deprecated: use Protect, which also serves the protected resource
-// metadata the challenges point to and adds Signals to the mcp.Server.
+// Use Protect, which also serves the protected resource metadata the
+// challenges point to and adds Signals to the mcp.Server. RequireToken is
+// kept only until the repository's last callers have moved to Protect.
 func RequireToken(cfg Config) (func(http.Handler) http.Handler, error) {
 	m, err := newMiddleware(cfg)
 	if err != nil {

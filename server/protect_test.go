@@ -204,7 +204,8 @@ func TestSignals_CodeIsFixed(t *testing.T) {
 	server.Signals(-32099)
 }
 
-// The deprecated RequireToken is Protect's middleware alone.
+// RequireToken, kept until its last callers move, is Protect's middleware
+// alone.
 func TestRequireToken_Deprecated(t *testing.T) {
 	mw, err := server.RequireToken(server.Config{Resource: testResource, Verifier: fakeVerifier})
 	if err != nil {
