@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/evergrant/evergrant/client"
+	"github.com/evergrant/evergrant/internal/browser"
 	"github.com/evergrant/evergrant/oauth"
 	"github.com/evergrant/evergrant/store"
 )
@@ -135,7 +136,7 @@ Flags:
 		default:
 			fmt.Fprintf(stderr, "Opening your browser to sign in; if it does not open, open this URL:\n")
 			fmt.Fprintf(stderr, "open: %s\n", authURL)
-			if err := client.OpenBrowser(authURL); err != nil {
+			if err := browser.Open(authURL); err != nil {
 				fmt.Fprintf(stderr, "evergrant login: could not start a browser (%v); open the URL above yourself\n", err)
 			}
 		}
