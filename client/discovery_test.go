@@ -1,15 +1,17 @@
 package client_test
 
-// DESIGN §3.2: discovery and first authorization. Small httptest servers
-// stand in for resource servers (and, where a document must be wrong, for
-// authorization servers); the fixture's real authorization server issues
-// the tokens.
+// Discovery and first authorization (docs/design.md#client-discovery).
+// Small httptest servers stand in for resource servers (and, where a
+// document must be wrong, for authorization servers); the fixture's real
+// authorization server issues the tokens.
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -264,6 +266,9 @@ func dcASDoc(issuer string) oauth.AuthServerMetadata {
 	}
 }
 
+// TestDiscovery_PRMFromChallengeResourceMetadata: the protected resource
+// metadata is read from the challenge's resource_metadata URL, and not from
+// the well-known URLs (docs/design.md#client-discovery).
 func TestDiscovery_PRMFromChallengeResourceMetadata(t *testing.T) {
 	rs := dcNewServer(t)
 	st := fixture.New(t, fixture.Options{AuthServer: dcWithResource(rs.URL + "/mcp")})
@@ -291,6 +296,10 @@ func TestDiscovery_PRMFromChallengeResourceMetadata(t *testing.T) {
 	}
 }
 
+// TestDiscovery_PRMPathInsertedWellKnown: without resource_metadata in the
+// challenge, the metadata is read from the well-known URL with the server's
+// path inserted, and not from the root one
+// (docs/design.md#client-discovery).
 func TestDiscovery_PRMPathInsertedWellKnown(t *testing.T) {
 	rs := dcNewServer(t)
 	st := fixture.New(t, fixture.Options{AuthServer: dcWithResource(rs.URL + "/mcp")})
@@ -311,6 +320,9 @@ func TestDiscovery_PRMPathInsertedWellKnown(t *testing.T) {
 	}
 }
 
+// TestDiscovery_PRMRootWellKnownFallback: when the path-inserted well-known
+// URL answers 404, the root well-known URL is read; its resource may name
+// the endpoint or its origin (docs/design.md#client-discovery).
 func TestDiscovery_PRMRootWellKnownFallback(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
@@ -354,9 +366,10 @@ func TestDiscovery_PRMRootWellKnownFallback(t *testing.T) {
 	}
 }
 
-// TestDiscovery_PRMForAnotherResourceRefused: metadata whose resource is
-// not the server (nor a path prefix of it) stops the authorization before
-// anything is sent to an authorization server.
+// TestDiscovery_PRMForAnotherResourceRefused: metadata whose resource is not
+// the server (nor a path prefix of it) stops the authorization before
+// anything is sent to an authorization server
+// (docs/design.md#client-discovery).
 func TestDiscovery_PRMForAnotherResourceRefused(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
@@ -392,6 +405,9 @@ func TestDiscovery_PRMForAnotherResourceRefused(t *testing.T) {
 	}
 }
 
+// TestDiscovery_ASIssuerMismatchRefused: authorization server metadata whose
+// issuer is not the one asked for stops the authorization before the user is
+// sent anywhere (docs/design.md#client-discovery).
 func TestDiscovery_ASIssuerMismatchRefused(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
@@ -419,6 +435,9 @@ func TestDiscovery_ASIssuerMismatchRefused(t *testing.T) {
 	}
 }
 
+// TestDiscovery_ASWithoutS256Refused: an authorization server that does not
+// list PKCE S256 is refused, and the error says so
+// (docs/design.md#client-discovery).
 func TestDiscovery_ASWithoutS256Refused(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
@@ -446,9 +465,9 @@ func TestDiscovery_ASWithoutS256Refused(t *testing.T) {
 	}
 }
 
-// TestDiscovery_ASMetadataURLOrder: for an issuer with a path, the RFC
-// 8414 path-inserted URL, then the OpenID path-inserted URL, then the
-// OpenID path-appended URL.
+// TestDiscovery_ASMetadataURLOrder: for an issuer with a path, the RFC 8414
+// path-inserted URL, then the OpenID path-inserted URL, then the OpenID
+// path-appended URL (docs/design.md#client-discovery).
 func TestDiscovery_ASMetadataURLOrder(t *testing.T) {
 	rs, as := dcNewServer(t), dcNewServer(t)
 	issuer := as.URL + "/tenant1"
@@ -475,8 +494,8 @@ func TestDiscovery_ASMetadataURLOrder(t *testing.T) {
 }
 
 // TestAuthorize_OfflineAccessOnlyWhenListed: offline_access is asked for
-// when the authorization server lists it (SEP-2207), and never when it
-// does not, even if configured.
+// when the authorization server lists it (SEP-2207), and never when it does
+// not, even if configured (docs/design.md#client-discovery).
 func TestAuthorize_OfflineAccessOnlyWhenListed(t *testing.T) {
 	t.Run("listed", func(t *testing.T) {
 		st := fixture.New(t, fixture.Options{})
@@ -527,9 +546,9 @@ func TestAuthorize_OfflineAccessOnlyWhenListed(t *testing.T) {
 	}
 }
 
-// TestAuthorize_AuthorizationResponseChecked: a response with another
-// state, another iss, or no iss from a server that promised one is refused
-// before the code is exchanged.
+// TestAuthorize_AuthorizationResponseChecked: a response with another state,
+// another iss, or no iss from a server that promised one is refused before
+// the code is exchanged (docs/design.md#client-discovery).
 func TestAuthorize_AuthorizationResponseChecked(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
@@ -559,7 +578,7 @@ func TestAuthorize_AuthorizationResponseChecked(t *testing.T) {
 
 // TestAuthorize_PreRegisteredClientUsed: configured client credentials are
 // used instead of registering, with the configured authentication, on the
-// code exchange and on refreshes.
+// code exchange and on refreshes (docs/design.md#client-discovery).
 func TestAuthorize_PreRegisteredClientUsed(t *testing.T) {
 	for _, method := range []string{oauth.AuthMethodClientSecretBasic, oauth.AuthMethodClientSecretPost} {
 		t.Run(method, func(t *testing.T) {
@@ -609,10 +628,10 @@ func TestAuthorize_PreRegisteredClientUsed(t *testing.T) {
 	}
 }
 
-// TestAuthorize_ClientIDMetadataDocument: with a Client ID Metadata
-// Document URL configured and an authorization server that supports them,
-// the URL is the client_id and nothing is registered; without that
-// support, the client registers.
+// TestAuthorize_ClientIDMetadataDocument: with a Client ID Metadata Document
+// URL configured and an authorization server that supports them, the URL is
+// the client_id and nothing is registered; without that support, the client
+// registers (docs/design.md#client-discovery).
 func TestAuthorize_ClientIDMetadataDocument(t *testing.T) {
 	for _, supported := range []bool{true, false} {
 		t.Run(fmt.Sprintf("supported=%v", supported), func(t *testing.T) {
@@ -664,9 +683,9 @@ func TestAuthorize_ClientIDMetadataDocument(t *testing.T) {
 	}
 }
 
-// TestAuthorize_StoredRegistrationReused: a second authorization with a
-// new Transport on the same store (in memory, or on disk after a restart)
-// registers no second client.
+// TestAuthorize_StoredRegistrationReused: a second authorization with a new
+// Transport on the same store (in memory, or on disk after a restart)
+// registers no second client (docs/design.md#client-discovery).
 func TestAuthorize_StoredRegistrationReused(t *testing.T) {
 	for _, kind := range []string{"memory", "file"} {
 		t.Run(kind, func(t *testing.T) {
@@ -713,10 +732,10 @@ func TestAuthorize_StoredRegistrationReused(t *testing.T) {
 	}
 }
 
-// TestDiscovery_LegacyServerWithoutPRM: a server of the 2025-03-26
-// revision publishes no protected resource metadata (404 on both URLs);
-// the authorization server is at its origin, found through its metadata
-// or, without that, at the default paths.
+// TestDiscovery_LegacyServerWithoutPRM: a server of the 2025-03-26 revision
+// publishes no protected resource metadata (404 on both URLs); the
+// authorization server is at its origin, found through its metadata or,
+// without that, at the default paths (docs/design.md#client-discovery).
 func TestDiscovery_LegacyServerWithoutPRM(t *testing.T) {
 	for _, withMetadata := range []bool{true, false} {
 		t.Run(fmt.Sprintf("metadata=%v", withMetadata), func(t *testing.T) {
@@ -760,7 +779,7 @@ func TestDiscovery_LegacyServerWithoutPRM(t *testing.T) {
 
 // TestDiscovery_HTTPSAndSizeRequired: a discovery document or endpoint on
 // plain http off loopback is refused without being contacted, and so is a
-// metadata document larger than the bound.
+// metadata document larger than the bound (docs/design.md#client-discovery).
 func TestDiscovery_HTTPSAndSizeRequired(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
@@ -819,10 +838,23 @@ func TestDiscovery_HTTPSAndSizeRequired(t *testing.T) {
 	}
 }
 
-// TestAuthorize_ScopesAndResource: the scopes asked for are the
-// challenge's, else the resource metadata's scopes_supported (plus
-// offline_access, which the fixture lists); the resource indicator is sent
-// on the authorization and token requests.
+// TestRoundTrip_RefusesPlainHTTPOffLoopback: tokens never go to a plain-HTTP
+// server off loopback; the request fails before anything is sent
+// (docs/design.md#client-discovery, transport security).
+func TestRoundTrip_RefusesPlainHTTPOffLoopback(t *testing.T) {
+	sent := false
+	base := ccRoundTripFunc(func(*http.Request) (*http.Response, error) { sent = true; return nil, errors.New("no") })
+	hc := &http.Client{Transport: client.NewTransport(client.Config{Base: base})}
+	_, err := hc.Post("http://mcp.example.test/mcp", "application/json", bytes.NewReader(rpcBody(1)))
+	if !errors.Is(err, oauth.ErrInsecureURL) || sent {
+		t.Fatalf("err = %v, sent = %v; want ErrInsecureURL before anything is sent", err, sent)
+	}
+}
+
+// TestAuthorize_ScopesAndResource: the scopes asked for are the challenge's,
+// else the resource metadata's scopes_supported (plus offline_access, which
+// the fixture lists); the resource indicator is sent on the authorization
+// and token requests (docs/design.md#client-discovery).
 func TestAuthorize_ScopesAndResource(t *testing.T) {
 	for _, tc := range []struct {
 		name      string
@@ -874,7 +906,8 @@ func TestAuthorize_ScopesAndResource(t *testing.T) {
 // interactive authorizer listens on a new random port each time (RFC 8252
 // §7.3), and authorization servers accept any port on a loopback redirect
 // URI, so a sign-in from a new process must reuse the stored registration
-// rather than register a new client each time.
+// rather than register a new client each time
+// (docs/design.md#client-discovery).
 func TestAuthorize_StoredRegistrationReusedAcrossLoopbackPorts(t *testing.T) {
 	st := fixture.New(t, fixture.Options{})
 	dir := t.TempDir()
@@ -912,5 +945,36 @@ func TestAuthorize_StoredRegistrationReusedAcrossLoopbackPorts(t *testing.T) {
 	if n := rec.count(http.MethodPost, authserver.PathRegister); n != 1 {
 		t.Errorf("%d dynamic registrations for two sign-ins with the loopback authorizer (redirect URIs %v), want 1: "+
 			"a registration stored under the redirect URI with its random port is never reused", n, redirects)
+	}
+}
+
+// TestLoopbackAuthorizer_CloseWithoutAuthorizeReleasesListener: the loopback
+// authorizer releases its listener on Close even when it never served, and
+// refuses to authorize after Close (docs/design.md#client-discovery).
+func TestLoopbackAuthorizer_CloseWithoutAuthorizeReleasesListener(t *testing.T) {
+	a, err := client.NewLoopbackAuthorizer("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := url.Parse(a.RedirectURI())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	ln, err := net.Listen("tcp", u.Host)
+	if err != nil {
+		t.Fatalf("listening on %s after Close: %v (the listener leaked)", u.Host, err)
+	}
+	ln.Close()
+	a.Open = func(string) error { t.Error("Authorize after Close opened the browser"); return nil }
+	ctx, cancel := context.WithTimeout(t.Context(), hdBound)
+	defer cancel()
+	if _, err := a.Authorize(ctx, "http://127.0.0.1/authorize?state=x"); err == nil || errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Authorize after Close: %v, want an immediate error", err)
+	}
+	if err := a.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
 	}
 }

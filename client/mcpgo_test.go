@@ -1,9 +1,10 @@
 package client_test
 
-// Integration with mcp-go (DESIGN §3.3): its streamable HTTP client, with a
-// client.Transport through transport.WithHTTPBasicClient, against the
-// official SDK's server behind the fixture's token check. mcp-go is a test
-// (and example) dependency only (DESIGN §8).
+// Integration with mcp-go (docs/design.md#client-integration): its
+// streamable HTTP client, with a client.Transport through
+// transport.WithHTTPBasicClient, against the official SDK's server behind
+// the fixture's token check. mcp-go is a test (and example) dependency
+// only (docs/design.md#layout).
 
 import (
 	"context"
@@ -95,7 +96,7 @@ func mcpgoEcho(ctx context.Context, c *mcpclient.Client, text string) error {
 
 // TestMCPGo_Rule1_RefreshOn401AcrossExpiry: mcp-go's CallTool keeps
 // succeeding across access-token expiry, through the 401 invalid_token
-// path (proactive refresh off).
+// path (proactive refresh off) (docs/design.md#client-rule-1).
 func TestMCPGo_Rule1_RefreshOn401AcrossExpiry(t *testing.T) {
 	t.Parallel()
 	for _, m := range mcpgoModes {
@@ -127,8 +128,9 @@ func TestMCPGo_Rule1_RefreshOn401AcrossExpiry(t *testing.T) {
 }
 
 // TestMCPGo_Rule3_RevokedRefreshTokenSurfacesNeedsReauth: after the grant
-// is revoked, mcp-go's CallTool fails with an error in which errors.As finds
-// the *client.NeedsReauthError (mcp-go wraps with %w on the request path).
+// is revoked, mcp-go's CallTool fails with an error in which errors.As
+// finds the *client.NeedsReauthError (mcp-go wraps with %w on the request
+// path) (docs/design.md#client-rule-3, docs/design.md#client-integration).
 func TestMCPGo_Rule3_RevokedRefreshTokenSurfacesNeedsReauth(t *testing.T) {
 	t.Parallel()
 	for _, m := range mcpgoModes {
@@ -159,7 +161,8 @@ func TestMCPGo_Rule3_RevokedRefreshTokenSurfacesNeedsReauth(t *testing.T) {
 }
 
 // TestMCPGo_NoGrantSurfacesNeedsReauthFromInitialize: without a grant and
-// without an Authorizer, Initialize fails with the NeedsReauthError.
+// without an Authorizer, Initialize fails with the NeedsReauthError
+// (docs/design.md#client-rule-6, docs/design.md#client-integration).
 func TestMCPGo_NoGrantSurfacesNeedsReauthFromInitialize(t *testing.T) {
 	t.Parallel()
 	for _, m := range mcpgoModes {
@@ -175,7 +178,8 @@ func TestMCPGo_NoGrantSurfacesNeedsReauthFromInitialize(t *testing.T) {
 // TestMCPGo_Rule5_ListeningStreamAfterRevocation: mcp-go's continuous
 // listening (the GET stream, re-opened every second when it fails) on a
 // stateful server: after the grant is revoked and the stream ends, the
-// Transport refreshes at most once, however often mcp-go reconnects.
+// Transport refreshes at most once, however often mcp-go reconnects
+// (docs/design.md#client-rule-5).
 func TestMCPGo_Rule5_ListeningStreamAfterRevocation(t *testing.T) {
 	t.Parallel()
 	cutter := &streamCutter{cancels: map[*http.Request]context.CancelFunc{}}

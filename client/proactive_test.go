@@ -1,7 +1,9 @@
 package client_test
 
-// DESIGN §3.1 rule 8: a token about to expire is refreshed before it is
-// sent, so a healthy session sees no 401; expiry is absolute and survives
+// Proactive refresh (docs/design.md#client-rule-8): a token about to
+// expire is refreshed before it is sent, so a healthy session sees no 401;
+// while it is still valid the refresh runs in the background, and after an
+// unavailable answer it backs off; expiry is absolute and survives
 // restarts.
 
 import (
@@ -26,7 +28,8 @@ import (
 // prClock is the real clock moved forward by an offset the test controls.
 type prClock struct{ off atomic.Int64 }
 
-func (c *prClock) Now() time.Time          { return time.Now().Add(time.Duration(c.off.Load())) }
+func (c *prClock) Now() time.Time { return time.Now().Add(time.Duration(c.off.Load())) }
+
 func (c *prClock) Advance(d time.Duration) { c.off.Add(int64(d)) }
 
 // prEvents records refresh events.
@@ -57,9 +60,9 @@ func prDistinctTokens(st *fixture.Stack) int {
 }
 
 // TestRule8_ProactiveRefreshSessionSeesNo401 runs a 20-request session
-// over more than three lifetimes of 1s access tokens, in real time. (It
-// relies on the server keeping a token for the whole expires_in; see
-// TestRule8_FixtureTokenLivesForExpiresIn.)
+// over more than three lifetimes of 1s access tokens, in real time
+// (docs/design.md#client-rule-8). (It relies on the server keeping a token
+// for the whole expires_in; see TestRule8_FixtureTokenLivesForExpiresIn.)
 func TestRule8_ProactiveRefreshSessionSeesNo401(t *testing.T) {
 	t.Parallel() // mostly sleeping
 	const (
@@ -126,7 +129,8 @@ func TestRule8_ProactiveRefreshSessionSeesNo401(t *testing.T) {
 
 // TestRule8_ProactiveRefreshWithDefaultMargin runs a session over four
 // lifetimes of 10-minute tokens with the default margin, on a clock the
-// Transport shares with the authorization server.
+// Transport shares with the authorization server
+// (docs/design.md#client-rule-8).
 func TestRule8_ProactiveRefreshWithDefaultMargin(t *testing.T) {
 	var clock prClock
 	var evs prEvents
@@ -166,9 +170,92 @@ func TestRule8_ProactiveRefreshWithDefaultMargin(t *testing.T) {
 	}
 }
 
+// TestRule8_ProactiveRefreshInBackgroundWithBackoff: a request whose token
+// is still valid does not wait for the proactive refresh it starts; after
+// an unavailable answer (docs/design.md#client-rule-4) no proactive refresh
+// starts during a backoff that doubles (docs/design.md#client-rule-8).
+func TestRule8_ProactiveRefreshInBackgroundWithBackoff(t *testing.T) {
+	var clock prClock
+	gate := newTokenGate(t)
+	events := make(chan client.RefreshEvent, 16)
+	st, tr := ccAuthorize(t, fixture.Options{AccessTokenTTL: 10 * time.Minute}, client.Config{
+		Base: gate, Now: clock.Now, OnRefresh: func(ev client.RefreshEvent) { events <- ev },
+	})
+	t.Cleanup(func() { gate.release(); tr.Wait(context.Background()) })
+	hc := &http.Client{Transport: tr}
+	st.Faults().FailTokenEndpoint(http.StatusServiceUnavailable)
+	gate.armed.Store(true)
+	post := func(id int) {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(t.Context(), hdBound)
+		defer cancel()
+		resp, data, err := ccPost(ctx, hc, st.URL, id)
+		if err != nil {
+			t.Fatalf("request %d: %v (did it wait for the proactive refresh?)", id, err)
+		}
+		if err := ccCheckEcho(resp, data, id); err != nil {
+			t.Fatalf("request %d: %v", id, err)
+		}
+	}
+	refresh := func(outcome client.Outcome) {
+		t.Helper()
+		if ev := hdRecv(t, events, "the proactive refresh"); !ev.Proactive || ev.Outcome != outcome {
+			t.Fatalf("refresh event %+v, want a proactive refresh with outcome %s", ev, outcome)
+		}
+	}
+	hits := func(want int32) {
+		t.Helper()
+		if n := gate.hits.Load(); n != want {
+			t.Fatalf("token endpoint requests = %d, want %d", n, want)
+		}
+	}
+
+	// 45s before expiry, inside the margin; the token endpoint hangs.
+	clock.Advance(10*time.Minute - 45*time.Second)
+	post(1) // completes while the refresh is held
+	// The refresh runs in the background: wait until it reaches the
+	// token endpoint.
+	select {
+	case <-gate.hit:
+	case <-time.After(hdBound):
+		t.Fatal("no proactive refresh reached the token endpoint")
+	}
+	hits(1)
+	gate.release()
+	refresh("unavailable")
+	post(2) // within the 5s backoff: no refresh
+	hits(1)
+	clock.Advance(6 * time.Second)
+	post(3) // backoff over: a refresh, unavailable again
+	refresh("unavailable")
+	hits(2)
+	clock.Advance(6 * time.Second)
+	post(4) // within the doubled, 10s backoff
+	hits(2)
+	clock.Advance(5 * time.Second)
+	post(5)
+	refresh("unavailable")
+	hits(3)
+	// Healthy again, after the 20s backoff and still before expiry.
+	st.Faults().FailTokenEndpoint(0)
+	clock.Advance(21 * time.Second)
+	post(6)
+	refresh("ok")
+	hits(4)
+	before := len(st.Requests())
+	post(7)
+	if reqs := st.Requests(); reqs[before].Token != ccAccessToken(t, tr, st) {
+		t.Error("the request after the refresh did not carry the refreshed token")
+	}
+	if s := tr.Stats(); s.Unauthorized != 0 || s.NeedsReauth != 0 {
+		t.Errorf("Stats = %+v, want no 401 and no needs-reauth", s)
+	}
+}
+
 // TestRule8_ExpirySurvivesRestart: a grant saved by one Transport is
 // refreshed ahead of its expiry by the next one, started on a clock past
-// its expiry margin (in the background: the token is still valid).
+// its expiry margin (in the background: the token is still valid)
+// (docs/design.md#client-rule-8).
 func TestRule8_ExpirySurvivesRestart(t *testing.T) {
 	const ttl = time.Hour
 	dir := t.TempDir()
@@ -249,7 +336,8 @@ func TestRule8_ExpirySurvivesRestart(t *testing.T) {
 }
 
 // TestRule8_NegativeMarginDisablesProactiveRefresh: with a negative margin
-// a token is sent until the server rejects it, then refreshed after the 401.
+// a token is sent until the server rejects it, then refreshed after the 401
+// (docs/design.md#client-rule-8).
 func TestRule8_NegativeMarginDisablesProactiveRefresh(t *testing.T) {
 	var clock prClock
 	var evs prEvents
@@ -296,7 +384,7 @@ func (b *prCloseBody) Close() error { b.closed.Store(true); return nil }
 // TestRule8_CallerCancelDuringProactiveRefreshClosesBody: when the caller
 // gives up while a proactive refresh is in flight, RoundTrip returns the
 // context's error and, as http.RoundTripper requires, closes the request
-// body; the refresh itself completes.
+// body; the refresh itself completes (docs/design.md#client-rule-8).
 func TestRule8_CallerCancelDuringProactiveRefreshClosesBody(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
@@ -348,11 +436,12 @@ func TestRule8_CallerCancelDuringProactiveRefreshClosesBody(t *testing.T) {
 }
 
 // TestRule8_FixtureTokenLivesForExpiresIn checks the fixture's
-// authorization server against the assumption rule 8 rests on: an access
-// token answered with expires_in=N is good for N seconds from the answer
-// (RFC 6749 §5.1). The server and the Transport share a clock that stands
-// 900ms into a second when the token is issued; proactive refresh is off,
-// so a 401 means the server dropped the token early.
+// authorization server against the assumption
+// docs/design.md#client-rule-8 rests on: an access token answered with
+// expires_in=N is good for N seconds from the answer (RFC 6749 §5.1). The
+// server and the Transport share a clock that stands 900ms into a second
+// when the token is issued; proactive refresh is off, so a 401 means the
+// server dropped the token early.
 func TestRule8_FixtureTokenLivesForExpiresIn(t *testing.T) {
 	base := time.Unix(2_000_000_000, 900_000_000)
 	var off atomic.Int64

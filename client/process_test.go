@@ -1,7 +1,8 @@
 package client_test
 
-// DESIGN §3.1 rule 7 across processes: two OS processes sharing a
-// store.File send one refresh grant between them.
+// One refresh per grant across processes (docs/design.md#client-rule-7):
+// two OS processes sharing a store.File send one refresh grant between
+// them.
 
 import (
 	"bufio"
@@ -30,11 +31,15 @@ const (
 	pcEnvID     = "EVERGRANT_PC_ID"
 	// pcEnvSkew, when set, is how far ahead of the real time the child's
 	// clock runs: its request finds the token about to expire (or expired)
-	// and refreshes ahead of the expiry (rule 8), without a warm-up
-	// request.
+	// and refreshes ahead of the expiry (docs/design.md#client-rule-8),
+	// without a warm-up request.
 	pcEnvSkew = "EVERGRANT_PC_SKEW"
 )
 
+// TestRule7_TwoProcessesShareFileStoreOneRefresh: two processes on one
+// store.File that meet an expired token at once send one refresh grant
+// between them, whether a 401 or the stored expiry told them
+// (docs/design.md#client-rule-7, docs/design.md#client-rule-8).
 func TestRule7_TwoProcessesShareFileStoreOneRefresh(t *testing.T) {
 	for _, tc := range []struct {
 		name string
@@ -182,8 +187,8 @@ func pcTwoProcesses(t *testing.T, skew string) {
 }
 
 // TestHelperProcessPCRefresh is a child process of
-// TestRule7_TwoProcessesShareFileStoreOneRefresh; it does nothing in a
-// normal test run.
+// TestRule7_TwoProcessesShareFileStoreOneRefresh
+// (docs/design.md#client-rule-7); it does nothing in a normal test run.
 func TestHelperProcessPCRefresh(t *testing.T) {
 	if os.Getenv(pcEnvHelper) != "1" {
 		t.Skip("helper process")

@@ -1,15 +1,19 @@
 package client_test
 
+// The refresh and the retry after a 401 invalid_token: one refresh, then
+// the same request once more (docs/design.md#client-rule-1); the refresh
+// request, rotation and the save before the retry
+// (docs/design.md#client-rule-2); at most one refresh and one retry per
+// logical request (docs/design.md#client-rule-5).
+
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"net/http"
-	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -21,85 +25,9 @@ import (
 	"github.com/evergrant/evergrant/store"
 )
 
-const invalidToken = `Bearer error="invalid_token", error_description="expired"`
-
-// rig is a fixture stack plus a transport that holds a grant for it.
-type rig struct {
-	t     *testing.T
-	st    *fixture.Stack
-	store *store.Memory
-	tr    *client.Transport
-	hc    *http.Client
-	hooks atomic.Int32
-	reau  atomic.Pointer[client.NeedsReauthError]
-}
-
-// newRig authorizes once with a headless authorizer, then returns a rig
-// whose transport has the given authorizer (nil: none) and no proactive
-// refresh unless cfg says otherwise.
-func newRig(t *testing.T, opts fixture.Options, cfg client.Config) *rig {
-	t.Helper()
-	r := &rig{t: t, st: fixture.New(t, opts), store: &store.Memory{}}
-	boot := client.NewTransport(client.Config{Store: r.store, Authorizer: &client.HeadlessAuthorizer{},
-		ClientID: cfg.ClientID, ClientSecret: cfg.ClientSecret, ClientAuthMethod: cfg.ClientAuthMethod})
-	if err := boot.Authorize(context.Background(), r.st.URL); err != nil {
-		t.Fatalf("initial authorization: %v", err)
-	}
-	cfg.Store = r.store
-	if cfg.RefreshMargin == 0 {
-		cfg.RefreshMargin = -1
-	}
-	cfg.OnNeedsReauth = func(e *client.NeedsReauthError) { r.hooks.Add(1); r.reau.Store(e) }
-	r.tr = client.NewTransport(cfg)
-	r.hc = &http.Client{Transport: r.tr}
-	return r
-}
-
-func (r *rig) grant() *store.Grant {
-	r.t.Helper()
-	key, _ := client.ServerKey(r.st.URL)
-	g, err := r.store.Load(context.Background(), key)
-	if err != nil {
-		r.t.Fatalf("load grant: %v", err)
-	}
-	return g
-}
-
-func rpcBody(id int) []byte {
-	return []byte(fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"search","arguments":{"q":"x"}}}`, id))
-}
-
-// call sends a JSON-RPC POST and returns the response (body read) or error.
-func (r *rig) call(method string, id int) (*http.Response, []byte, error) {
-	r.t.Helper()
-	var body io.Reader
-	if method == http.MethodPost {
-		body = bytes.NewReader(rpcBody(id))
-	}
-	req, _ := http.NewRequest(method, r.st.URL, body)
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := r.hc.Do(req)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp, b, nil
-}
-
-func responseID(t *testing.T, b []byte) int {
-	t.Helper()
-	var m struct {
-		ID int `json:"id"`
-	}
-	if err := json.Unmarshal(b, &m); err != nil {
-		t.Fatalf("response %q: %v", b, err)
-	}
-	return m.ID
-}
-
-// Rule 1: 401 invalid_token with a refresh token → refresh, then the same
-// request again, once, byte-identical (same JSON-RPC id).
+// TestRule1_RefreshAndRetryByteIdentical: a 401 invalid_token with a refresh
+// token is refreshed, then the same request is sent again, once,
+// byte-identical (same JSON-RPC id) (docs/design.md#client-rule-1).
 func TestRule1_RefreshAndRetryByteIdentical(t *testing.T) {
 	r := newRig(t, fixture.Options{}, client.Config{})
 	old := r.grant().AccessToken
@@ -129,8 +57,9 @@ func TestRule1_RefreshAndRetryByteIdentical(t *testing.T) {
 	}
 }
 
-// Rule 2: the refresh sends resource and the registration's client
-// authentication.
+// TestRule2_RefreshSendsResourceAndClientAuthentication: the refresh sends
+// resource and the registration's client authentication
+// (docs/design.md#client-rule-2).
 func TestRule2_RefreshSendsResourceAndClientAuthentication(t *testing.T) {
 	cases := []struct {
 		name          string
@@ -172,8 +101,8 @@ func TestRule2_RefreshSendsResourceAndClientAuthentication(t *testing.T) {
 	}
 }
 
-// Rule 2: rotation replaces the refresh token; an answer without one keeps
-// it.
+// TestRule2_RotationReplacesAbsenceKeeps: rotation replaces the refresh
+// token; an answer without one keeps it (docs/design.md#client-rule-2).
 func TestRule2_RotationReplacesAbsenceKeeps(t *testing.T) {
 	r := newRig(t, fixture.Options{}, client.Config{})
 	rt0 := r.grant().RefreshToken
@@ -193,7 +122,8 @@ func TestRule2_RotationReplacesAbsenceKeeps(t *testing.T) {
 	}
 }
 
-// Rule 2: the new grant is in the store before the retry is sent.
+// TestRule2_StoreWrittenBeforeRetry: the new grant is in the store before
+// the retry is sent (docs/design.md#client-rule-2).
 func TestRule2_StoreWrittenBeforeRetry(t *testing.T) {
 	var r *rig
 	var sawStored atomic.Bool
@@ -219,80 +149,59 @@ func TestRule2_StoreWrittenBeforeRetry(t *testing.T) {
 	}
 }
 
-// Rule 3: invalid_grant discards the refresh token, fires the hook once and
-// sends no further grants.
-func TestRule3_InvalidGrantDiscardsRefreshTokenAndFiresHookOnce(t *testing.T) {
-	r := newRig(t, fixture.Options{}, client.Config{})
-	r.st.Faults().RefuseRefresh(true)
-	r.st.ForceFunc(func(*http.Request, string) *fixture.Forced {
-		return &fixture.Forced{Status: 401, Challenge: invalidToken}
+// TestRule2_RotatedRefreshTokenSavedPastTheRefreshDeadline: a refresh whose
+// deadline passes between the token endpoint's answer and the save still
+// saves the rotated refresh token (docs/design.md#client-rule-2).
+func TestRule2_RotatedRefreshTokenSavedPastTheRefreshDeadline(t *testing.T) {
+	var armed atomic.Bool
+	base := ccRoundTripFunc(func(r *http.Request) (*http.Response, error) {
+		if !armed.Load() || !strings.HasSuffix(r.URL.Path, authserver.PathToken) {
+			return http.DefaultTransport.RoundTrip(r)
+		}
+		resp, err := http.DefaultTransport.RoundTrip(r)
+		if err != nil {
+			return nil, err
+		}
+		data, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			return nil, err
+		}
+		resp.Body = io.NopCloser(bytes.NewReader(data))
+		// The answer is in; the refresh's deadline passes before it is
+		// saved.
+		<-r.Context().Done()
+		return resp, nil
 	})
-	for i := range 4 {
-		_, _, err := r.call(http.MethodPost, i)
-		var ne *client.NeedsReauthError
-		if !errors.As(err, &ne) || !errors.Is(err, client.ErrNeedsReauth) {
-			t.Fatalf("call %d: %v, want NeedsReauthError", i, err)
-		}
-		if i == 0 && (ne.Reason != client.ReasonRefreshRejected || ne.ErrorCode != "invalid_grant" || ne.Issuer != r.st.Issuer || len(ne.Scopes) == 0) {
-			t.Errorf("first error %+v", ne)
-		}
-		if i > 0 && ne.Reason != client.ReasonNoRefreshToken {
-			t.Errorf("call %d reason %q, want %q", i, ne.Reason, client.ReasonNoRefreshToken)
-		}
+	ms := new(store.Memory)
+	st, tr := ccAuthorize(t, fixture.Options{}, client.Config{Store: ms, Base: base, RefreshMargin: -1, RefreshTimeout: 300 * time.Millisecond})
+	key, _ := client.ServerKey(st.URL)
+	before, err := ms.Load(t.Context(), key)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if n := r.st.Refreshes(); n != 1 {
-		t.Fatalf("refresh grants sent = %d, want exactly 1", n)
+	armed.Store(true)
+	st.Force(fixture.Forced{Status: 401, Challenge: ccInvalidToken})
+	resp, data, err := ccPost(t.Context(), &http.Client{Transport: tr}, st.URL, 1)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if r.hooks.Load() != 1 {
-		t.Fatalf("OnNeedsReauth fired %d times, want 1", r.hooks.Load())
+	if err := ccCheckEcho(resp, data, 1); err != nil {
+		t.Fatal(err)
 	}
-	if g := r.grant(); g.RefreshToken != "" || g.ClientID == "" || g.TokenEndpoint == "" {
-		t.Fatalf("grant after invalid_grant: refresh token kept=%v, client kept=%v", g.RefreshToken != "", g.ClientID != "")
+	after, err := ms.Load(t.Context(), key)
+	if err != nil {
+		t.Fatal(err)
 	}
-}
-
-// Rule 4: 5xx and timeouts keep the refresh token and do not loop.
-func TestRule4_UnavailableKeepsRefreshTokenNoLoop(t *testing.T) {
-	for _, tc := range []struct {
-		name  string
-		fault func(*fixture.Stack)
-		cfg   client.Config
-	}{
-		{"503", func(st *fixture.Stack) { st.Faults().FailTokenEndpoint(503) }, client.Config{}},
-		{"500", func(st *fixture.Stack) { st.Faults().FailTokenEndpoint(500) }, client.Config{}},
-		{"timeout", func(st *fixture.Stack) { st.Faults().DelayToken(3 * time.Second) }, client.Config{RefreshTimeout: 300 * time.Millisecond}},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			r := newRig(t, fixture.Options{}, tc.cfg)
-			rt := r.grant().RefreshToken
-			tc.fault(r.st)
-			r.st.Force(fixture.Forced{Status: 401, Challenge: invalidToken})
-			_, _, err := r.call(http.MethodPost, 1)
-			if !errors.Is(err, client.ErrRefreshUnavailable) || errors.Is(err, client.ErrNeedsReauth) {
-				t.Fatalf("err = %v, want ErrRefreshUnavailable and not needs_reauth", err)
-			}
-			if r.grant().RefreshToken != rt {
-				t.Fatal("refresh token was not kept")
-			}
-			if n := len(r.st.Requests()); n != 1 {
-				t.Fatalf("resource server saw %d requests, want 1 (no retry without a new token)", n)
-			}
-			if r.hooks.Load() != 0 {
-				t.Fatal("OnNeedsReauth fired for an unavailable authorization server")
-			}
-			// Healthy again: the kept refresh token works.
-			r.st.Faults().FailTokenEndpoint(0)
-			r.st.Faults().DelayToken(0)
-			r.st.Force(fixture.Forced{Status: 401, Challenge: invalidToken})
-			if resp, _, err := r.call(http.MethodPost, 2); err != nil || resp.StatusCode != 200 {
-				t.Fatalf("after recovery: %v", err)
-			}
-		})
+	reqs := st.Requests()
+	if after.RefreshToken == before.RefreshToken || after.AccessToken != reqs[len(reqs)-1].Token {
+		t.Fatal("the refreshed grant (rotated refresh token) was not saved")
 	}
 }
 
-// Rule 5: at most one refresh and one retry per logical request, on every
-// method; a token rejected after refresh is not refreshed again.
+// TestRule5_RetryCap: at most one refresh and one retry per logical request,
+// on every method; a token rejected after refresh is not refreshed again
+// (docs/design.md#client-rule-5).
 func TestRule5_RetryCap(t *testing.T) {
 	for _, method := range []string{http.MethodPost, http.MethodGet, http.MethodDelete} {
 		t.Run(method, func(t *testing.T) {
@@ -318,120 +227,167 @@ func TestRule5_RetryCap(t *testing.T) {
 	}
 }
 
-// Rule 6: never refresh on anything but 401 invalid_token.
-func TestRule6_NoRefreshOnOtherAnswers(t *testing.T) {
-	cases := []struct {
-		name   string
-		forced fixture.Forced
-		status int // the response the caller gets; 0 means an error
-	}{
-		{"401 without error", fixture.Forced{Status: 401, Challenge: `Bearer resource_metadata="x"`}, 401},
-		{"401 invalid_request", fixture.Forced{Status: 401, Challenge: `Bearer error="invalid_request"`}, 401},
-		{"401 no challenge", fixture.Forced{Status: 401}, 401},
-		{"401 Basic invalid_token", fixture.Forced{Status: 401, Challenge: `Basic realm="x", error="invalid_token"`}, 401},
-		{"403 insufficient_scope", fixture.Forced{Status: 403, Challenge: `Bearer error="insufficient_scope", scope="files.write"`}, 0},
-		{"403 plain", fixture.Forced{Status: 403}, 403},
-		{"400", fixture.Forced{Status: 400, Challenge: `Bearer error="invalid_token"`}, 400},
-		{"500", fixture.Forced{Status: 500}, 500},
-	}
-	for _, tc := range cases {
-		t.Run(tc.name, func(t *testing.T) {
-			r := newRig(t, fixture.Options{}, client.Config{})
-			r.st.Force(tc.forced)
-			resp, _, err := r.call(http.MethodPost, 1)
-			if tc.status == 0 {
-				var se *client.InsufficientScopeError
-				if !errors.As(err, &se) || !slices.Equal(se.Required, []string{"files.write"}) || !errors.Is(err, client.ErrInsufficientScope) {
-					t.Fatalf("err = %v, want InsufficientScopeError for files.write", err)
-				}
-			} else if err != nil || resp.StatusCode != tc.status {
-				t.Fatalf("got %v %v, want status %d passed through", resp, err, tc.status)
-			}
-			if n := r.st.Refreshes(); n != 0 {
-				t.Fatalf("refreshed %d times", n)
-			}
-		})
-	}
-}
-
-// Rule 6: step-up authorizes again for the union of granted and
-// challenged scopes, once.
-func TestRule6_StepUpForScopeUnionOnce(t *testing.T) {
-	r := newRig(t, fixture.Options{}, client.Config{Authorizer: &client.HeadlessAuthorizer{}})
-	if g := r.grant(); !slices.Contains(g.Scopes, "mcp:tools") || slices.Contains(g.Scopes, "files.write") {
-		t.Fatalf("initial scopes %v", g.Scopes)
-	}
-	r.st.RequireScopes("mcp:tools", "files.write")
-	resp, b, err := r.call(http.MethodPost, 9)
-	if err != nil || resp.StatusCode != 200 || responseID(t, b) != 9 {
-		t.Fatalf("step-up call: %v", err)
-	}
-	g := r.grant()
-	if !slices.Contains(g.Scopes, "mcp:tools") || !slices.Contains(g.Scopes, "files.write") {
-		t.Fatalf("scopes after step-up %v, want the union", g.Scopes)
-	}
-	if s := r.tr.Stats(); s.Authorizations != 1 || s.Refreshes != 0 {
-		t.Fatalf("stats %+v: want one authorization (the step-up) and no refresh", s)
-	}
-
-	// A server that keeps saying insufficient_scope gets one step-up per
-	// request, then an error.
-	r.st.ForceFunc(func(*http.Request, string) *fixture.Forced {
-		return &fixture.Forced{Status: 403, Challenge: `Bearer error="insufficient_scope", scope="files.read"`}
-	})
-	_, _, err = r.call(http.MethodPost, 10)
-	if !errors.Is(err, client.ErrInsufficientScope) {
-		t.Fatalf("err = %v, want insufficient scope", err)
-	}
-	if s := r.tr.Stats(); s.Authorizations != 2 {
-		t.Fatalf("authorizations = %d, want 2 (one step-up for this request)", s.Authorizations)
-	}
-}
-
-// Rule 6: a 401 with no grant starts the interactive authorization when one
-// is configured, else NeedsReauthError.
-func TestRule6_NoGrantAuthorizesOrNeedsReauth(t *testing.T) {
-	st := fixture.New(t, fixture.Options{})
-	hc := &http.Client{Transport: client.NewTransport(client.Config{})}
-	_, err := hc.Post(st.URL, "application/json", bytes.NewReader(rpcBody(1)))
-	var ne *client.NeedsReauthError
-	if !errors.As(err, &ne) || ne.Reason != client.ReasonNoGrant {
-		t.Fatalf("without authorizer: %v, want needs_reauth no_grant", err)
-	}
-	tr := client.NewTransport(client.Config{Authorizer: &client.HeadlessAuthorizer{}})
-	hc = &http.Client{Transport: tr}
-	resp, err := hc.Post(st.URL, "application/json", bytes.NewReader(rpcBody(5)))
-	if err != nil {
-		t.Fatalf("with authorizer: %v", err)
-	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 || responseID(t, b) != 5 {
-		t.Fatalf("status %d body %s", resp.StatusCode, b)
-	}
-	reqs := st.Requests()[1:] // after the first transport's request
-	if len(reqs) != 2 || reqs[0].Token != "" || reqs[1].Token == "" || !bytes.Equal(reqs[0].Body, reqs[1].Body) {
-		t.Fatalf("want an unauthenticated request then the same request with a token; got %d requests", len(reqs))
-	}
-	if s := tr.Stats(); s.Authorizations != 1 {
-		t.Fatalf("stats %+v", s)
-	}
-}
-
-// The caller's request is not modified (net/http RoundTripper contract).
-func TestRoundTrip_DoesNotModifyRequest(t *testing.T) {
+// TestRule5_RejectedTokenGivesWayToANewSignIn: after rejected_after_refresh
+// (docs/design.md#client-rule-5), a grant another process saved (evergrant
+// login in a terminal) is used, not the memo (docs/design.md#client-rule-7).
+func TestRule5_RejectedTokenGivesWayToANewSignIn(t *testing.T) {
 	r := newRig(t, fixture.Options{}, client.Config{})
-	req, _ := http.NewRequest(http.MethodPost, r.st.URL, bytes.NewReader(rpcBody(3)))
-	r.st.Force(fixture.Forced{Status: 401, Challenge: invalidToken})
-	resp, err := r.tr.RoundTrip(req)
-	if err != nil {
+	// Every token seen before the new sign-in is rejected, for good.
+	var reject atomic.Bool
+	reject.Store(true)
+	var mu sync.Mutex
+	bad := map[string]bool{}
+	r.st.ForceFunc(func(_ *http.Request, tok string) *fixture.Forced {
+		mu.Lock()
+		defer mu.Unlock()
+		if reject.Load() {
+			bad[tok] = true
+		}
+		if bad[tok] {
+			return &fixture.Forced{Status: 401, Challenge: invalidToken}
+		}
+		return nil
+	})
+	if _, _, err := r.call(http.MethodPost, 1); !errors.Is(err, client.ErrNeedsReauth) {
+		t.Fatalf("first call: %v, want needs_reauth (rejected after refresh)", err)
+	}
+	// Another process signs in and saves a new grant in the shared store.
+	reject.Store(false)
+	other := client.NewTransport(client.Config{Store: r.store, Authorizer: &client.HeadlessAuthorizer{}})
+	if err := other.Authorize(context.Background(), r.st.URL); err != nil {
 		t.Fatal(err)
 	}
-	resp.Body.Close()
-	if req.Header.Get("Authorization") != "" {
-		t.Fatal("RoundTrip set a header on the caller's request")
+	resp, b, err := r.call(http.MethodPost, 2)
+	if err != nil || resp.StatusCode != 200 || responseID(t, b) != 2 {
+		t.Fatalf("after the new sign-in: %v", err)
 	}
-	if !strings.Contains(r.st.Requests()[1].Token, ".") {
-		t.Fatal("retry carried no JWT")
+	if n := r.st.Refreshes(); n != 1 {
+		t.Fatalf("refreshes = %d, want 1: the new grant is used without refreshing the rejected one", n)
+	}
+}
+
+// TestRule5_FailureMemoryClearedWhenTheGrantRecovers: a
+// rejected-after-refresh token (docs/design.md#client-rule-5) that the
+// server accepts again is refreshed on its next 401, and the once-per-grant
+// hook (docs/design.md#client-rule-3) fires again after a successful
+// refresh.
+func TestRule5_FailureMemoryClearedWhenTheGrantRecovers(t *testing.T) {
+	r := newRig(t, fixture.Options{}, client.Config{})
+	var mode atomic.Int32 // 0 reject every token, 1 accept every token, 2 reject rejectedTok
+	var rejectedTok atomic.Value
+	rejectedTok.Store("")
+	r.st.ForceFunc(func(_ *http.Request, tok string) *fixture.Forced {
+		switch m := mode.Load(); {
+		case m == 0, m == 2 && tok == rejectedTok.Load().(string):
+			return &fixture.Forced{Status: 401, Challenge: invalidToken}
+		}
+		return nil
+	})
+	// A server glitch rejects the refreshed token too.
+	_, _, err := r.call(http.MethodPost, 1)
+	var ne *client.NeedsReauthError
+	if !errors.As(err, &ne) || ne.Reason != client.ReasonRejectedAfterRefresh {
+		t.Fatalf("call 1: %v, want rejected_after_refresh", err)
+	}
+	if r.hooks.Load() != 1 {
+		t.Fatalf("hook fired %d times, want 1", r.hooks.Load())
+	}
+	t1 := r.grant().AccessToken
+	// The server recovers and accepts that token.
+	mode.Store(1)
+	if resp, _, err := r.call(http.MethodPost, 2); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("call 2: %v", err)
+	}
+	// Later the token expires: a genuine failure, refreshed (the refresh
+	// token is good).
+	rejectedTok.Store(t1)
+	mode.Store(2)
+	resp, b, err := r.call(http.MethodPost, 3)
+	if err != nil || resp.StatusCode != 200 || responseID(t, b) != 3 {
+		t.Fatalf("call 3: %v, want a refresh and a retry", err)
+	}
+	if n := r.st.Refreshes(); n != 2 {
+		t.Fatalf("refreshes = %d, want 2", n)
+	}
+	// Then the refresh token is revoked: reported again.
+	r.st.Faults().RefuseRefresh(true)
+	mode.Store(0)
+	_, _, err = r.call(http.MethodPost, 4)
+	if !errors.As(err, &ne) || ne.Reason != client.ReasonRefreshRejected {
+		t.Fatalf("call 4: %v, want refresh_rejected", err)
+	}
+	if r.hooks.Load() != 2 {
+		t.Fatalf("OnNeedsReauth fired %d times, want 2: the grant recovered by a refresh in between", r.hooks.Load())
+	}
+}
+
+// TestRule5_ProactiveRefreshIsTheRequestsOneRefresh: the refresh started
+// before sending (docs/design.md#client-rule-8) is the request's one refresh
+// (docs/design.md#client-rule-5). When the token has expired, the request
+// waits for it and a failure (refused, docs/design.md#client-rule-3, or
+// unavailable, docs/design.md#client-rule-4) is the answer, without sending
+// the dead token; when the token is still valid, the request goes out and a
+// 401 waits for that refresh instead of starting a second one.
+func TestRule5_ProactiveRefreshIsTheRequestsOneRefresh(t *testing.T) {
+	for _, expired := range []bool{true, false} {
+		for _, refused := range []bool{true, false} {
+			name := map[bool]string{true: "expired", false: "valid"}[expired] + "/" +
+				map[bool]string{true: "refused", false: "unavailable"}[refused]
+			t.Run(name, func(t *testing.T) {
+				var clock prClock
+				r := newRig(t, fixture.Options{AccessTokenTTL: 10 * time.Minute},
+					client.Config{Now: clock.Now, RefreshMargin: client.DefaultRefreshMargin})
+				if refused {
+					r.st.Faults().RefuseRefresh(true)
+				} else {
+					r.st.Faults().FailTokenEndpoint(http.StatusServiceUnavailable)
+				}
+				// The resource server rejects the token (revoked, or the
+				// clocks disagree).
+				r.st.ForceFunc(func(*http.Request, string) *fixture.Forced {
+					return &fixture.Forced{Status: 401, Challenge: invalidToken}
+				})
+				if expired {
+					clock.Advance(10*time.Minute + time.Second)
+				} else {
+					clock.Advance(10*time.Minute - 30*time.Second)
+				}
+				_, _, err := r.call(http.MethodPost, 1)
+				// Hooks of a refresh run after its waiters have the result
+				// (in the background when the refresh did): wait for them.
+				wctx, cancel := context.WithTimeout(context.Background(), hdBound)
+				defer cancel()
+				if err := r.tr.Wait(wctx); err != nil {
+					t.Fatalf("Wait: %v", err)
+				}
+				if refused {
+					var ne *client.NeedsReauthError
+					if !errors.As(err, &ne) || ne.Reason != client.ReasonRefreshRejected || ne.ErrorCode != "invalid_grant" {
+						t.Fatalf("err = %v, want needs_reauth refresh_rejected (invalid_grant)", err)
+					}
+					if n := r.hooks.Load(); n != 1 {
+						t.Errorf("OnNeedsReauth fired %d times, want 1", n)
+					}
+					if s := r.tr.Stats(); s.NeedsReauth != 1 {
+						t.Errorf("Stats.NeedsReauth = %d, want 1", s.NeedsReauth)
+					}
+				} else {
+					var ue *client.RefreshUnavailableError
+					if !errors.As(err, &ue) || errors.Is(err, client.ErrNeedsReauth) {
+						t.Fatalf("err = %v, want refresh unavailable", err)
+					}
+				}
+				if n := r.st.Refreshes(); n != 1 {
+					t.Errorf("refresh grants = %d, want 1 for one logical request", n)
+				}
+				want := 1 // a valid token is sent while the refresh runs
+				if expired {
+					want = 0 // a dead token is not sent
+				}
+				if n := len(r.st.Requests()); n != want {
+					t.Errorf("the resource server saw %d requests, want %d", n, want)
+				}
+			})
+		}
 	}
 }

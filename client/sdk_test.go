@@ -1,8 +1,10 @@
 package client_test
 
-// Integration with the official Go SDK (DESIGN §3.3): its streamable HTTP
-// client, with a client.Transport as the http.Client's Transport, against
-// its streamable HTTP server behind the fixture's token check.
+// Integration with the official Go SDK (docs/design.md#client-integration):
+// its streamable HTTP client, with a client.Transport as the http.Client's
+// Transport, against its streamable HTTP server behind the fixture's token
+// check. The shared pieces (sdkStack, sdkModes, streamCutter, …) are in
+// helpers_test.go; mcpgo_test.go uses them too.
 
 import (
 	"context"
@@ -11,7 +13,6 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -21,72 +22,7 @@ import (
 	"github.com/evergrant/evergrant/authserver"
 	"github.com/evergrant/evergrant/client"
 	"github.com/evergrant/evergrant/internal/fixture"
-	"github.com/evergrant/evergrant/store"
 )
-
-// Protocol versions the SDK client can be asked for: its default (the
-// 2026-07-28 revision: server/discover, no standalone GET stream) and the
-// 2025-11-25 revision (initialize, a standalone GET event stream when the
-// server is stateful).
-const (
-	sdkProtoLatest = ""
-	sdkProto251125 = "2025-11-25"
-)
-
-type sdkEchoIn struct {
-	Text string `json:"text"`
-}
-
-type sdkEchoOut struct {
-	Text string `json:"text"`
-}
-
-// sdkServer is the official SDK's streamable HTTP handler serving one tool,
-// "echo", that returns its input.
-func sdkServer(stateless bool) http.Handler {
-	s := mcp.NewServer(&mcp.Implementation{Name: "evergrant-test", Version: "1"}, nil)
-	mcp.AddTool(s, &mcp.Tool{Name: "echo", Description: "returns its input"},
-		func(_ context.Context, _ *mcp.CallToolRequest, in sdkEchoIn) (*mcp.CallToolResult, sdkEchoOut, error) {
-			return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: in.Text}}}, sdkEchoOut(in), nil
-		})
-	return mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return s }, &mcp.StreamableHTTPOptions{Stateless: stateless})
-}
-
-// sdkStack starts the fixture with the SDK server; handler, when not nil,
-// wraps the SDK handler.
-func sdkStack(t *testing.T, ttl time.Duration, stateless bool, wrap func(http.Handler) http.Handler) *fixture.Stack {
-	t.Helper()
-	h := sdkServer(stateless)
-	if wrap != nil {
-		h = wrap(h)
-	}
-	return fixture.New(t, fixture.Options{Handler: h, AccessTokenTTL: ttl})
-}
-
-// sdkTransport returns a Transport that signs in headlessly, and the store
-// it keeps its grant in.
-func sdkTransport(cfg client.Config) (*client.Transport, store.Store) {
-	if cfg.Store == nil {
-		cfg.Store = new(store.Memory)
-	}
-	if cfg.Authorizer == nil {
-		cfg.Authorizer = &client.HeadlessAuthorizer{}
-	}
-	return client.NewTransport(cfg), cfg.Store
-}
-
-// sdkSignedIn returns a Transport without an Authorizer holding a grant for
-// st.URL (signed in by another Transport sharing its store): a host that
-// cannot show a sign-in right now, so a lost grant stays lost.
-func sdkSignedIn(t *testing.T, st *fixture.Stack, cfg client.Config) *client.Transport {
-	t.Helper()
-	signer, s := sdkTransport(client.Config{})
-	if err := signer.Authorize(t.Context(), st.URL); err != nil {
-		t.Fatalf("sign in: %v", err)
-	}
-	cfg.Store, cfg.Authorizer = s, nil
-	return client.NewTransport(cfg)
-}
 
 // sdkConnect connects the official SDK client to st.URL through rt.
 func sdkConnect(t *testing.T, st *fixture.Stack, rt http.RoundTripper, proto string, maxRetries int) *mcp.ClientSession {
@@ -120,31 +56,8 @@ func sdkEcho(ctx context.Context, cs *mcp.ClientSession, text string) error {
 	return nil
 }
 
-// sdkModes are the server modes and protocol versions the tests run in.
-var sdkModes = []struct {
-	name      string
-	stateless bool
-	proto     string
-}{
-	{"stateful/latest", false, sdkProtoLatest},
-	{"stateless/latest", true, sdkProtoLatest},
-	{"stateful/2025-11-25", false, sdkProto251125},
-	{"stateless/2025-11-25", true, sdkProto251125},
-}
-
-// waitExpiry sleeps until the access token of the stored grant has expired
-// at the server too: the server rounds exp up to a whole second, so the
-// token may live up to a second past the client's expires_in-based Expiry.
-func waitExpiry(t *testing.T, tr *client.Transport, serverURL string) {
-	t.Helper()
-	g, err := tr.Grant(t.Context(), serverURL)
-	if err != nil || g == nil || g.Expiry.IsZero() {
-		t.Fatalf("grant: %v, %+v", err, g != nil)
-	}
-	time.Sleep(time.Until(g.Expiry) + 1250*time.Millisecond)
-}
-
-// waitUntilBeforeExpiry sleeps until d before the stored access token expires.
+// untilBeforeExpiry moves clock to d before the stored access token
+// expires.
 func waitUntilBeforeExpiry(t *testing.T, tr *client.Transport, serverURL string, d time.Duration) {
 	t.Helper()
 	g, err := tr.Grant(t.Context(), serverURL)
@@ -156,7 +69,8 @@ func waitUntilBeforeExpiry(t *testing.T, tr *client.Transport, serverURL string,
 
 // TestSDK_Rule1_RefreshOn401AcrossExpiry: with proactive refresh off, each
 // expired access token is answered 401 invalid_token; the Transport
-// refreshes and retries, and session.CallTool never sees it.
+// refreshes and retries, and session.CallTool never sees it
+// (docs/design.md#client-rule-1).
 func TestSDK_Rule1_RefreshOn401AcrossExpiry(t *testing.T) {
 	t.Parallel()
 	for _, m := range sdkModes {
@@ -192,7 +106,7 @@ func TestSDK_Rule1_RefreshOn401AcrossExpiry(t *testing.T) {
 
 // TestSDK_Rule8_ProactiveRefreshAcrossExpiry: with a refresh margin, the
 // Transport refreshes before the token expires and the server never answers
-// 401.
+// 401 (docs/design.md#client-rule-8).
 func TestSDK_Rule8_ProactiveRefreshAcrossExpiry(t *testing.T) {
 	t.Parallel()
 	for _, m := range sdkModes {
@@ -263,7 +177,8 @@ func revokeAccessToken(t *testing.T, tr *client.Transport, serverURL string) {
 
 // TestSDK_Rule1_RefreshAfterAccessTokenRevoked: the server revokes the
 // access token (not the grant); the next call gets 401 invalid_token, the
-// Transport refreshes once and the call succeeds.
+// Transport refreshes once and the call succeeds
+// (docs/design.md#client-rule-1).
 func TestSDK_Rule1_RefreshAfterAccessTokenRevoked(t *testing.T) {
 	t.Parallel()
 	for _, m := range sdkModes {
@@ -292,31 +207,12 @@ func TestSDK_Rule1_RefreshAfterAccessTokenRevoked(t *testing.T) {
 	}
 }
 
-// checkNeedsReauth checks that err carries a *client.NeedsReauthError for
-// a refused refresh, through errors.As and errors.Is.
-func checkNeedsReauth(t *testing.T, err error, reason client.Reason) *client.NeedsReauthError {
-	t.Helper()
-	if err == nil {
-		t.Fatal("no error")
-	}
-	var ne *client.NeedsReauthError
-	if !errors.As(err, &ne) {
-		t.Fatalf("errors.As(*client.NeedsReauthError) fails on %T: %v", err, err)
-	}
-	if !errors.Is(err, client.ErrNeedsReauth) {
-		t.Errorf("errors.Is(err, client.ErrNeedsReauth) = false: %v", err)
-	}
-	if reason != "" && ne.Reason != reason {
-		t.Errorf("reason: got %q, want %q (%v)", ne.Reason, reason, ne)
-	}
-	return ne
-}
-
 // TestSDK_Rule3_RevokedRefreshTokenSurfacesNeedsReauth: the grant is
 // revoked at the authorization server; the next CallTool fails with an
 // error in which errors.As finds the *client.NeedsReauthError (the SDK
 // wraps the RoundTripper's error with %w on the request path). The session
-// is not broken by it: after a new sign-in the same session works.
+// is not broken by it: after a new sign-in the same session works
+// (docs/design.md#client-rule-3, docs/design.md#client-integration).
 func TestSDK_Rule3_RevokedRefreshTokenSurfacesNeedsReauth(t *testing.T) {
 	t.Parallel()
 	for _, m := range sdkModes {
@@ -361,7 +257,8 @@ func TestSDK_Rule3_RevokedRefreshTokenSurfacesNeedsReauth(t *testing.T) {
 }
 
 // TestSDK_NoGrantSurfacesNeedsReauthFromConnect: without a grant and
-// without an Authorizer, client.Connect fails with the NeedsReauthError.
+// without an Authorizer, client.Connect fails with the NeedsReauthError
+// (docs/design.md#client-rule-6, docs/design.md#client-integration).
 func TestSDK_NoGrantSurfacesNeedsReauthFromConnect(t *testing.T) {
 	t.Parallel()
 	for _, m := range sdkModes {
@@ -383,66 +280,14 @@ func TestSDK_NoGrantSurfacesNeedsReauthFromConnect(t *testing.T) {
 	}
 }
 
-// streamCutter ends the server's open GET event streams on demand, as a
-// server restart or a proxy timeout would, so the SDK client reconnects.
-type streamCutter struct {
-	h       http.Handler
-	mu      sync.Mutex
-	cancels map[*http.Request]context.CancelFunc
-	gets    atomic.Int32
-}
-
-func (c *streamCutter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if r.Method != http.MethodGet {
-		c.h.ServeHTTP(w, r)
-		return
-	}
-	c.gets.Add(1)
-	ctx, cancel := context.WithCancel(r.Context())
-	defer cancel()
-	c.mu.Lock()
-	c.cancels[r] = cancel
-	c.mu.Unlock()
-	defer func() {
-		c.mu.Lock()
-		delete(c.cancels, r)
-		c.mu.Unlock()
-	}()
-	c.h.ServeHTTP(w, r.WithContext(ctx))
-}
-
-func (c *streamCutter) open() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.cancels)
-}
-
-func (c *streamCutter) cut() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, cancel := range c.cancels {
-		cancel()
-	}
-}
-
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // TestSDK_Rule5_StandaloneStreamAfterRevocation: a stateful server and the
 // 2025-11-25 protocol, so the SDK holds a standalone GET event stream. The
 // grant is revoked: the open stream is left alone (no refresh), and when
 // the server ends it, the SDK's reconnections cost one refused refresh and
-// no more: the Transport does not loop. The SDK then breaks the session
-// with an error that has lost the NeedsReauthError (streamable.go, handleSSE
-// "failed to reconnect … %v"); ReauthRecorder.Err gives it back.
+// no more: the Transport does not loop (docs/design.md#client-rule-5). The
+// SDK then breaks the session with an error that has lost the
+// NeedsReauthError (streamable.go, handleSSE "failed to reconnect … %v");
+// ReauthRecorder.Err gives it back (docs/design.md#client-integration).
 func TestSDK_Rule5_StandaloneStreamAfterRevocation(t *testing.T) {
 	t.Parallel()
 	cutter := &streamCutter{cancels: map[*http.Request]context.CancelFunc{}}
@@ -513,10 +358,10 @@ func TestSDK_Rule5_StandaloneStreamAfterRevocation(t *testing.T) {
 // TestSDK_Rule5_StandaloneStreamRejectedAfterRefresh: the server rejects
 // the standalone GET stream's token even after a refresh (here: forced),
 // the SDK's first-connection path. One refresh, then NeedsReauth
-// (rejected_after_refresh) on every attempt without another refresh; the
-// SDK fails Connect with an error that lost it
-// (connectStandaloneSSE "standalone SSE request failed … %v"), and
-// ReauthRecorder.Err gives it back.
+// (rejected_after_refresh) on every attempt without another refresh
+// (docs/design.md#client-rule-5); the SDK fails Connect with an error that
+// lost it (connectStandaloneSSE "standalone SSE request failed … %v"), and
+// ReauthRecorder.Err gives it back (docs/design.md#client-integration).
 func TestSDK_Rule5_StandaloneStreamRejectedAfterRefresh(t *testing.T) {
 	t.Parallel()
 	st := sdkStack(t, 0, false, nil)
@@ -554,10 +399,12 @@ func TestSDK_Rule5_StandaloneStreamRejectedAfterRefresh(t *testing.T) {
 }
 
 // TestSDK_Rule3_ConnectAfterRevocation: a new session on a revoked grant
-// (no Authorizer). Connect fails with a NeedsReauthError. With the default
-// protocol the SDK's server/discover fails with refresh_rejected and the
-// SDK falls back to initialize, which fails with no_refresh_token and is
-// the error returned; ReauthRecorder.Err gives back the cause.
+// (no Authorizer). Connect fails with a NeedsReauthError
+// (docs/design.md#client-rule-3). With the default protocol the SDK's
+// server/discover fails with refresh_rejected and the SDK falls back to
+// initialize, which fails with no_refresh_token and is the error returned;
+// ReauthRecorder.Err gives back the cause
+// (docs/design.md#client-integration).
 func TestSDK_Rule3_ConnectAfterRevocation(t *testing.T) {
 	t.Parallel()
 	for _, m := range sdkModes {
@@ -594,13 +441,8 @@ func TestSDK_Rule3_ConnectAfterRevocation(t *testing.T) {
 	}
 }
 
-// rtFunc is an http.RoundTripper made of a function.
-type rtFunc func(*http.Request) (*http.Response, error)
-
-func (f rtFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
-
 // TestReauthRecorder: what it records, what clears it, and what Err
-// returns.
+// returns (docs/design.md#client-integration).
 func TestReauthRecorder(t *testing.T) {
 	t.Parallel()
 	const server = "https://mcp.example.test/mcp"
@@ -608,7 +450,7 @@ func TestReauthRecorder(t *testing.T) {
 	later := &client.NeedsReauthError{Server: server, Reason: client.ReasonNoRefreshToken}
 	var next error
 	status := http.StatusOK
-	rec := client.NewReauthRecorder(rtFunc(func(*http.Request) (*http.Response, error) {
+	rec := client.NewReauthRecorder(ccRoundTripFunc(func(*http.Request) (*http.Response, error) {
 		if next != nil {
 			return nil, next
 		}

@@ -1,15 +1,17 @@
 package client_test
 
-// DESIGN §3.1 rule 7 (one refresh per grant, in one process) and rule 9
-// (bodies that cannot be replayed are not retried).
+// One refresh per grant (docs/design.md#client-rule-7): requests that fail
+// at once share one refresh; a request whose token was already replaced
+// retries with the current one; the refresh outlives a caller that gives
+// up and has its own timeout; a sign-in is saved under the grant's lock,
+// and the hooks run outside it. process_test.go checks the same across
+// processes.
 
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 	"sync"
@@ -22,116 +24,9 @@ import (
 	"github.com/evergrant/evergrant/store"
 )
 
-// ccInvalidToken is the challenge of an expired or revoked access token.
-const ccInvalidToken = `Bearer error="invalid_token", error_description="the access token expired"`
-
-// ccRoundTripFunc adapts a function to http.RoundTripper.
-type ccRoundTripFunc func(*http.Request) (*http.Response, error)
-
-func (f ccRoundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
-
-// ccAuthorize starts a fixture, builds a Transport on cfg (a store.Memory
-// and a HeadlessAuthorizer unless cfg names others) and signs in.
-func ccAuthorize(t *testing.T, opts fixture.Options, cfg client.Config) (*fixture.Stack, *client.Transport) {
-	t.Helper()
-	st := fixture.New(t, opts)
-	if cfg.Store == nil {
-		cfg.Store = new(store.Memory)
-	}
-	if cfg.Authorizer == nil {
-		cfg.Authorizer = &client.HeadlessAuthorizer{}
-	}
-	tr := client.NewTransport(cfg)
-	if err := tr.Authorize(t.Context(), st.URL); err != nil {
-		t.Fatalf("Authorize: %v", err)
-	}
-	return st, tr
-}
-
-// ccAccessToken returns the access token stored for the fixture's server.
-func ccAccessToken(t *testing.T, tr *client.Transport, st *fixture.Stack) string {
-	t.Helper()
-	g, err := tr.Grant(t.Context(), st.URL)
-	if err != nil || g == nil {
-		t.Fatalf("Grant: %v, %v", g, err)
-	}
-	return g.AccessToken
-}
-
-// ccBody is a JSON-RPC request with the given id.
-func ccBody(id int) string {
-	return fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"tools/list"}`, id)
-}
-
-// ccPost sends a JSON-RPC request with the given id and returns the
-// response, its body read and closed.
-func ccPost(ctx context.Context, hc *http.Client, url string, id int, hdr ...string) (*http.Response, []byte, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(ccBody(id)))
-	if err != nil {
-		return nil, nil, err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	for i := 0; i+1 < len(hdr); i += 2 {
-		req.Header.Set(hdr[i], hdr[i+1])
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(resp.Body)
-	return resp, data, err
-}
-
-// ccCheckEcho checks that a response is the fixture's echo of request id.
-func ccCheckEcho(resp *http.Response, data []byte, id int) error {
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("status %d, want 200 (body %q)", resp.StatusCode, data)
-	}
-	var m struct {
-		ID json.RawMessage `json:"id"`
-	}
-	if err := json.Unmarshal(data, &m); err != nil {
-		return fmt.Errorf("response %q: %v", data, err)
-	}
-	if got, want := string(m.ID), fmt.Sprint(id); got != want {
-		return fmt.Errorf("response carries id %s, want %s", got, want)
-	}
-	return nil
-}
-
-// ccForceOld makes the resource server answer 401 invalid_token to every
-// request that carries old, as if it had expired.
-func ccForceOld(st *fixture.Stack, old string) {
-	st.ForceFunc(func(_ *http.Request, token string) *fixture.Forced {
-		if token == old {
-			return &fixture.Forced{Status: http.StatusUnauthorized, Challenge: ccInvalidToken}
-		}
-		return nil
-	})
-}
-
-// ccGate holds up to n callers until all n have arrived (or a bound
-// passes), so that n requests are known to have failed before any refresh.
-type ccGate struct {
-	n       int
-	arrived atomic.Int32
-	all     chan struct{}
-	once    sync.Once
-}
-
-func ccNewGate(n int) *ccGate { return &ccGate{n: n, all: make(chan struct{})} }
-
-func (g *ccGate) wait() {
-	if int(g.arrived.Add(1)) >= g.n {
-		g.once.Do(func() { close(g.all) })
-	}
-	select {
-	case <-g.all:
-	case <-time.After(10 * time.Second):
-	}
-}
-
+// TestRule7_FiftyConcurrentRequestsOneRefresh: fifty requests that all get
+// a 401 for the same token before any refresh send one refresh grant, and
+// each is retried once with its result (docs/design.md#client-rule-7).
 func TestRule7_FiftyConcurrentRequestsOneRefresh(t *testing.T) {
 	const n = 50
 	gate := ccNewGate(n)
@@ -217,7 +112,7 @@ func TestRule7_FiftyConcurrentRequestsOneRefresh(t *testing.T) {
 
 // TestRule7_LateUnauthorizedForReplacedTokenSendsNoRefresh: a request
 // whose token is older than the grant's current one retries with the
-// current token, without a new refresh grant.
+// current token, without a new refresh grant (docs/design.md#client-rule-7).
 func TestRule7_LateUnauthorizedForReplacedTokenSendsNoRefresh(t *testing.T) {
 	t.Run("same transport", func(t *testing.T) {
 		held := make(chan struct{})
@@ -320,7 +215,8 @@ func TestRule7_LateUnauthorizedForReplacedTokenSendsNoRefresh(t *testing.T) {
 
 // TestRule7_CallerCancelDoesNotCancelRefresh: a caller that gives up while
 // the refresh is in flight gets its context's error, but the refresh runs
-// to the end and its result is saved and used.
+// to the end and its result is saved and used
+// (docs/design.md#client-rule-7).
 func TestRule7_CallerCancelDoesNotCancelRefresh(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
@@ -388,99 +284,10 @@ func TestRule7_CallerCancelDoesNotCancelRefresh(t *testing.T) {
 	}
 }
 
-// ccReader hides its reader's type, so http.NewRequest sets no GetBody and
-// no ContentLength: a body the Transport can only replay by buffering.
-type ccReader struct{ r io.Reader }
-
-func (c *ccReader) Read(p []byte) (int, error) { return c.r.Read(p) }
-
-// ccPaddedBody is a JSON-RPC request of exactly size bytes.
-func ccPaddedBody(t *testing.T, id, size int) []byte {
-	t.Helper()
-	head := fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"pad":"`, id)
-	tail := `"}}`
-	n := size - len(head) - len(tail)
-	if n < 0 {
-		t.Fatalf("size %d too small", size)
-	}
-	return []byte(head + strings.Repeat("x", n) + tail)
-}
-
-// TestRule9_BodyWithoutGetBody: a body without GetBody is buffered up to
-// MaxBufferedBody and retried byte-identically; a larger one is sent once
-// and the 401 comes back as the response.
-func TestRule9_BodyWithoutGetBody(t *testing.T) {
-	const limit = 1024
-	for _, tc := range []struct {
-		name    string
-		size    int
-		retried bool
-	}{
-		{"small body is buffered and retried", 200, true},
-		{"body of exactly MaxBufferedBody is retried", limit, true},
-		{"larger body is not retried", limit + 1, false},
-		{"much larger body is not retried", 8 * limit, false},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			st, tr := ccAuthorize(t, fixture.Options{}, client.Config{MaxBufferedBody: limit})
-			tok := ccAccessToken(t, tr, st)
-			body := ccPaddedBody(t, 42, tc.size)
-			req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, st.URL, &ccReader{bytes.NewReader(body)})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if req.GetBody != nil {
-				t.Fatal("test setup: the request has GetBody")
-			}
-			req.Header.Set("Content-Type", "application/json")
-			st.Force(fixture.Forced{Status: http.StatusUnauthorized, Challenge: ccInvalidToken})
-			resp, err := tr.RoundTrip(req)
-			if err != nil {
-				t.Fatalf("RoundTrip: %v", err)
-			}
-			data, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			reqs := st.Requests()
-			if tc.retried {
-				if err := ccCheckEcho(resp, data, 42); err != nil {
-					t.Fatal(err)
-				}
-				if st.Refreshes() != 1 || len(reqs) != 2 {
-					t.Fatalf("refreshes %d, requests %d; want 1 and 2", st.Refreshes(), len(reqs))
-				}
-				for i, r := range reqs {
-					if !bytes.Equal(r.Body, body) {
-						t.Errorf("attempt %d sent %d bytes that differ from the %d of the request", i+1, len(r.Body), len(body))
-					}
-				}
-				if reqs[0].Token != tok || reqs[1].Token == tok || reqs[1].Status != 200 {
-					t.Errorf("attempts sent tokens %s, %s; want the old then a new one", fixture.TokenHash(reqs[0].Token), fixture.TokenHash(reqs[1].Token))
-				}
-				return
-			}
-			if resp.StatusCode != http.StatusUnauthorized {
-				t.Fatalf("status %d, want the 401 as it came", resp.StatusCode)
-			}
-			if got := resp.Header.Get("WWW-Authenticate"); got != ccInvalidToken {
-				t.Errorf("WWW-Authenticate = %q, want %q", got, ccInvalidToken)
-			}
-			if st.Refreshes() != 0 || len(reqs) != 1 {
-				t.Errorf("refreshes %d, requests %d; want 0 and 1", st.Refreshes(), len(reqs))
-			}
-			if len(reqs) > 0 && !bytes.Equal(reqs[0].Body, body) {
-				t.Errorf("the server got %d bytes that differ from the %d of the request", len(reqs[0].Body), len(body))
-			}
-			if s := tr.Stats(); s.Retries != 0 || s.Refreshes != 0 || s.Unauthorized != 1 {
-				t.Errorf("Stats = %+v, want no retry, no refresh, 1 unauthorized", s)
-			}
-		})
-	}
-}
-
 // TestRule7_RefreshHasItsOwnTimeout: a refresh that takes longer than
-// RefreshTimeout fails as unavailable (rule 4: the refresh token is kept),
-// even for a caller with no deadline, and a later request refreshes with
-// the kept token.
+// RefreshTimeout fails as unavailable (docs/design.md#client-rule-4: the
+// refresh token is kept), even for a caller with no deadline, and a later
+// request refreshes with the kept token (docs/design.md#client-rule-7).
 func TestRule7_RefreshHasItsOwnTimeout(t *testing.T) {
 	st, tr := ccAuthorize(t, fixture.Options{}, client.Config{RefreshTimeout: 200 * time.Millisecond})
 	hc := &http.Client{Transport: tr}
@@ -510,5 +317,166 @@ func TestRule7_RefreshHasItsOwnTimeout(t *testing.T) {
 	}
 	if s := tr.Stats(); s.Refreshes != 2 || s.RefreshFailure != 1 || s.NeedsReauth != 0 {
 		t.Errorf("Stats = %+v, want 2 refreshes, 1 failure, no needs-reauth", s)
+	}
+}
+
+// hdLockSpy is a store that tells when Lock is called and remembers the
+// last grant it saved.
+type hdLockSpy struct {
+	store.Store
+	locked chan struct{}
+	once   sync.Once
+	mu     sync.Mutex
+	saved  *store.Grant
+}
+
+func (s *hdLockSpy) Lock(ctx context.Context, key string) (func(), error) {
+	s.once.Do(func() { close(s.locked) })
+	return s.Store.Lock(ctx, key)
+}
+
+func (s *hdLockSpy) Save(ctx context.Context, g *store.Grant) error {
+	err := s.Store.Save(ctx, g)
+	if err == nil {
+		s.mu.Lock()
+		s.saved = g.Clone()
+		s.mu.Unlock()
+	}
+	return err
+}
+
+// TestRule7_SignInSavedUnderTheGrantLock: a sign-in is saved under the
+// grant's lock, so a refresh in progress (another process on a shared
+// store) cannot overwrite it (docs/design.md#client-rule-7).
+func TestRule7_SignInSavedUnderTheGrantLock(t *testing.T) {
+	gate := newTokenGate(t)
+	ms := new(store.Memory)
+	st, tr := ccAuthorize(t, fixture.Options{}, client.Config{Store: ms, Base: gate, RefreshMargin: -1})
+	old := ccAccessToken(t, tr, st)
+	ccForceOld(st, old)
+	gate.armed.Store(true)
+
+	// The first process's request refreshes; the token endpoint holds it.
+	first := make(chan error, 1)
+	go func() {
+		resp, data, err := ccPost(t.Context(), &http.Client{Transport: tr}, st.URL, 1)
+		if err == nil {
+			err = ccCheckEcho(resp, data, 1)
+		}
+		first <- err
+	}()
+	select {
+	case <-gate.hit:
+	case err := <-first:
+		t.Fatalf("the request ended before its refresh: %v", err)
+	case <-time.After(hdBound):
+		t.Fatal("no refresh")
+	}
+	// A second process signs in meanwhile.
+	spy := &hdLockSpy{Store: ms, locked: make(chan struct{})}
+	other := client.NewTransport(client.Config{Store: spy, Authorizer: &client.HeadlessAuthorizer{}})
+	signedIn := make(chan error, 1)
+	go func() { signedIn <- other.Authorize(t.Context(), st.URL) }()
+	var signInErr error
+	var signInDone bool
+	select {
+	case <-spy.locked: // it waits for the refresh to release the lock
+	case signInErr = <-signedIn: // it saved without the lock
+		signInDone = true
+	case <-time.After(hdBound):
+		t.Fatal("the sign-in neither saved nor waited for the lock")
+	}
+	gate.release()
+	if err := hdRecv(t, first, "the first request"); err != nil {
+		t.Fatalf("first request: %v", err)
+	}
+	if !signInDone {
+		signInErr = hdRecv(t, signedIn, "the sign-in")
+	}
+	if signInErr != nil {
+		t.Fatalf("sign-in: %v", signInErr)
+	}
+	spy.mu.Lock()
+	login := spy.saved
+	spy.mu.Unlock()
+	key, _ := client.ServerKey(st.URL)
+	g, err := ms.Load(t.Context(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if login == nil || g.AccessToken != login.AccessToken || g.RefreshToken != login.RefreshToken {
+		t.Fatal("the refresh overwrote the grant of the sign-in that completed during it")
+	}
+}
+
+// TestRule7_HooksRunOutsideTheGrantLock: hooks run after the grant's lock is
+// released, so a hook that takes its time (routing to a UI) does not hold
+// up other processes' refreshes (docs/design.md#client-rule-7).
+func TestRule7_HooksRunOutsideTheGrantLock(t *testing.T) {
+	var lockFree atomic.Bool
+	var ms *store.Memory
+	var key string
+	check := func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		defer cancel()
+		if unlock, err := ms.Lock(ctx, key); err == nil {
+			lockFree.Store(true)
+			unlock()
+		}
+	}
+	r := newRig(t, fixture.Options{}, client.Config{OnRefresh: func(client.RefreshEvent) { check() }})
+	ms, key = r.store, r.grant().Key
+	r.st.Force(fixture.Forced{Status: 401, Challenge: invalidToken})
+	if _, _, err := r.call(http.MethodPost, 1); err != nil {
+		t.Fatal(err)
+	}
+	if !lockFree.Load() {
+		t.Fatal("OnRefresh ran while the grant's lock was held")
+	}
+}
+
+// TestRule7_HooksDoNotHoldUpOtherWaiters: requests waiting for a refresh get
+// its result without waiting for the hooks of the request that started it
+// (docs/design.md#client-rule-7 and the hook contract of Config.OnRefresh).
+func TestRule7_HooksDoNotHoldUpOtherWaiters(t *testing.T) {
+	entered, release := make(chan struct{}), make(chan struct{})
+	var enterOnce, releaseOnce sync.Once
+	free := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(free)
+	gate := ccNewGate(2) // both requests have their 401 before the refresh
+	var old atomic.Value
+	old.Store("")
+	base := ccRoundTripFunc(func(r *http.Request) (*http.Response, error) {
+		resp, err := http.DefaultTransport.RoundTrip(r)
+		if err == nil && r.URL.Path == "/mcp" && r.Header.Get("Authorization") == "Bearer "+old.Load().(string) {
+			gate.wait()
+		}
+		return resp, err
+	})
+	r := newRig(t, fixture.Options{}, client.Config{Base: base, OnRefresh: func(client.RefreshEvent) {
+		enterOnce.Do(func() { close(entered); <-release })
+	}})
+	old.Store(r.grant().AccessToken)
+	ccForceOld(r.st, old.Load().(string))
+	done := make(chan error, 2)
+	for i := range 2 {
+		go func() {
+			resp, data, err := ccPost(t.Context(), r.hc, r.st.URL, i)
+			if err == nil {
+				err = ccCheckEcho(resp, data, i)
+			}
+			done <- err
+		}()
+	}
+	hdRecv(t, entered, "the OnRefresh hook")
+	if err := hdRecv(t, done, "a request that did not start the refresh"); err != nil {
+		t.Fatal(err)
+	}
+	free()
+	if err := hdRecv(t, done, "the request that started the refresh"); err != nil {
+		t.Fatal(err)
+	}
+	if n := r.st.Refreshes(); n != 1 {
+		t.Errorf("refreshes = %d, want 1", n)
 	}
 }

@@ -78,10 +78,11 @@ func benchStorm(b *testing.B, expire bool) {
 }
 
 // BenchmarkStormValidToken is the baseline of BenchmarkRefreshStorm: 50
-// concurrent calls with a token the server accepts.
+// concurrent calls with a token the server accepts (docs/design.md#proof).
 func BenchmarkStormValidToken(b *testing.B) { benchStorm(b, false) }
 
 // BenchmarkRefreshStorm: 50 concurrent calls all meet an expired token
-// (DESIGN §7): how many refresh grants are sent (want 1), how many calls
-// fail (want 0), and the added latency against BenchmarkStormValidToken.
+// (docs/design.md#proof): how many refresh grants are sent (want 1, as
+// docs/design.md#client-rule-7 says), how many calls fail (want 0), and
+// the added latency against BenchmarkStormValidToken.
 func BenchmarkRefreshStorm(b *testing.B) { benchStorm(b, true) }

@@ -1,8 +1,9 @@
 package client_test
 
-// DESIGN §3.1 rule 10: refreshes are logged with log/slog (grant id,
-// outcome, latency, rotation) and never with token material; counters are
-// available to the host.
+// Telemetry without secrets (docs/design.md#client-rule-10): refreshes are
+// logged with log/slog (grant id, outcome, latency, rotation) and never
+// with token material; counters and hooks are available to the host, and
+// a panicking hook is recovered.
 
 import (
 	"bufio"
@@ -126,6 +127,12 @@ func (s *lgSecrets) check(t *testing.T, where, text string) {
 	}
 }
 
+// TestRule10_NoTokenMaterialInLogsAndCounters: two Transports (a public
+// client, and a confidential one on a file store) go through sign-in,
+// refresh, refusal and an unavailable token endpoint; their Stats, events
+// and hooks agree with what the servers saw, the refresh records carry what
+// a host needs, and no token, code, verifier or secret appears in a log, an
+// event or an error (docs/design.md#client-rule-10).
 func TestRule10_NoTokenMaterialInLogsAndCounters(t *testing.T) {
 	var clientLog, asLog lgBuffer
 	const preID, preSecret = "lg-confidential-client", "Zq7u-secret-5f8e2a9c71b04d36e1"
@@ -339,4 +346,48 @@ func TestRule10_NoTokenMaterialInLogsAndCounters(t *testing.T) {
 	if testing.Verbose() {
 		t.Logf("client log:\n%s\nauthorization server log:\n%s", clientLog.String(), asLog.String())
 	}
+}
+
+// TestRule10_PanickingHooksAreRecovered: a panic in a hook is recovered and
+// logged, without token material, and the request is answered
+// (docs/design.md#client-rule-10 and the hook contract of
+// Config.OnRefresh).
+func TestRule10_PanickingHooksAreRecovered(t *testing.T) {
+	var logs lgBuffer
+	r := newRig(t, fixture.Options{}, client.Config{})
+	// A transport whose hooks all panic (newRig's OnNeedsReauth only
+	// counts).
+	r.tr = client.NewTransport(client.Config{Store: r.store, RefreshMargin: -1, Logger: lgLogger(&logs),
+		OnRefresh:     func(client.RefreshEvent) { panic("refresh hook") },
+		OnEvent:       func(client.Event) { panic("event hook") },
+		OnNeedsReauth: func(*client.NeedsReauthError) { r.hooks.Add(1); panic("needs-reauth hook") },
+	})
+	r.hc = &http.Client{Transport: r.tr}
+	r.st.Force(fixture.Forced{Status: 401, Challenge: invalidToken})
+	if resp, _, err := r.call(http.MethodPost, 1); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("call 1: %v", err)
+	}
+	r.st.Faults().RefuseRefresh(true)
+	r.st.Force(fixture.Forced{Status: 401, Challenge: invalidToken})
+	if _, _, err := r.call(http.MethodPost, 2); !errors.Is(err, client.ErrNeedsReauth) {
+		t.Fatalf("call 2: %v, want needs_reauth", err)
+	}
+	if r.hooks.Load() != 1 {
+		t.Fatalf("OnNeedsReauth ran %d times, want 1", r.hooks.Load())
+	}
+	seen := map[string]bool{}
+	for _, rec := range logs.records(t) {
+		if rec["msg"] == "hook panicked" {
+			seen[rec["hook"].(string)] = true
+		}
+	}
+	for _, h := range []string{"OnRefresh", "OnNeedsReauth", "OnEvent"} {
+		if !seen[h] {
+			t.Errorf("no log record of the panic in %s", h)
+		}
+	}
+	var sec lgSecrets
+	sec.fromStack(r.st)
+	sec.fromStore(t, r.store, r.st.Issuer, "http://127.0.0.1/callback")
+	sec.check(t, "the log", logs.String())
 }

@@ -1,0 +1,425 @@
+package client_test
+
+// Helpers shared by the client tests. The tests run real components on
+// loopback: the fixture's authorization server and MCP endpoint
+// (internal/fixture), the official Go SDK's MCP server and clients. A
+// bound on a wait (hdBound) only turns a hang into a failure.
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/evergrant/evergrant/authserver"
+	"github.com/evergrant/evergrant/client"
+	"github.com/evergrant/evergrant/internal/fixture"
+	"github.com/evergrant/evergrant/store"
+)
+
+// invalidToken and ccInvalidToken are challenges of an expired or revoked
+// access token.
+const (
+	invalidToken   = `Bearer error="invalid_token", error_description="expired"`
+	ccInvalidToken = `Bearer error="invalid_token", error_description="the access token expired"`
+)
+
+// rig is a fixture stack plus a transport that holds a grant for it.
+type rig struct {
+	t     *testing.T
+	st    *fixture.Stack
+	store *store.Memory
+	tr    *client.Transport
+	hc    *http.Client
+	hooks atomic.Int32
+	reau  atomic.Pointer[client.NeedsReauthError]
+}
+
+// newRig authorizes once with a headless authorizer, then returns a rig
+// whose transport has the given authorizer (nil: none) and no proactive
+// refresh unless cfg says otherwise.
+func newRig(t *testing.T, opts fixture.Options, cfg client.Config) *rig {
+	t.Helper()
+	r := &rig{t: t, st: fixture.New(t, opts), store: &store.Memory{}}
+	boot := client.NewTransport(client.Config{Store: r.store, Authorizer: &client.HeadlessAuthorizer{},
+		ClientID: cfg.ClientID, ClientSecret: cfg.ClientSecret, ClientAuthMethod: cfg.ClientAuthMethod})
+	if err := boot.Authorize(context.Background(), r.st.URL); err != nil {
+		t.Fatalf("initial authorization: %v", err)
+	}
+	cfg.Store = r.store
+	if cfg.RefreshMargin == 0 {
+		cfg.RefreshMargin = -1
+	}
+	cfg.OnNeedsReauth = func(e *client.NeedsReauthError) { r.hooks.Add(1); r.reau.Store(e) }
+	r.tr = client.NewTransport(cfg)
+	r.hc = &http.Client{Transport: r.tr}
+	return r
+}
+
+func (r *rig) grant() *store.Grant {
+	r.t.Helper()
+	key, _ := client.ServerKey(r.st.URL)
+	g, err := r.store.Load(context.Background(), key)
+	if err != nil {
+		r.t.Fatalf("load grant: %v", err)
+	}
+	return g
+}
+
+func rpcBody(id int) []byte {
+	return []byte(fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"search","arguments":{"q":"x"}}}`, id))
+}
+
+// call sends a JSON-RPC POST and returns the response (body read) or error.
+func (r *rig) call(method string, id int) (*http.Response, []byte, error) {
+	r.t.Helper()
+	var body io.Reader
+	if method == http.MethodPost {
+		body = bytes.NewReader(rpcBody(id))
+	}
+	req, _ := http.NewRequest(method, r.st.URL, body)
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := r.hc.Do(req)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, b, nil
+}
+
+func responseID(t *testing.T, b []byte) int {
+	t.Helper()
+	var m struct {
+		ID int `json:"id"`
+	}
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatalf("response %q: %v", b, err)
+	}
+	return m.ID
+}
+
+// ccRoundTripFunc adapts a function to http.RoundTripper.
+type ccRoundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f ccRoundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// ccAuthorize starts a fixture, builds a Transport on cfg (a store.Memory
+// and a HeadlessAuthorizer unless cfg names others) and signs in.
+func ccAuthorize(t *testing.T, opts fixture.Options, cfg client.Config) (*fixture.Stack, *client.Transport) {
+	t.Helper()
+	st := fixture.New(t, opts)
+	if cfg.Store == nil {
+		cfg.Store = new(store.Memory)
+	}
+	if cfg.Authorizer == nil {
+		cfg.Authorizer = &client.HeadlessAuthorizer{}
+	}
+	tr := client.NewTransport(cfg)
+	if err := tr.Authorize(t.Context(), st.URL); err != nil {
+		t.Fatalf("Authorize: %v", err)
+	}
+	return st, tr
+}
+
+// ccAccessToken returns the access token stored for the fixture's server.
+func ccAccessToken(t *testing.T, tr *client.Transport, st *fixture.Stack) string {
+	t.Helper()
+	g, err := tr.Grant(t.Context(), st.URL)
+	if err != nil || g == nil {
+		t.Fatalf("Grant: %v, %v", g, err)
+	}
+	return g.AccessToken
+}
+
+// ccBody is a JSON-RPC request with the given id.
+func ccBody(id int) string {
+	return fmt.Sprintf(`{"jsonrpc":"2.0","id":%d,"method":"tools/list"}`, id)
+}
+
+// ccPost sends a JSON-RPC request with the given id and returns the
+// response, its body read and closed.
+func ccPost(ctx context.Context, hc *http.Client, url string, id int, hdr ...string) (*http.Response, []byte, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(ccBody(id)))
+	if err != nil {
+		return nil, nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	return resp, data, err
+}
+
+// ccCheckEcho checks that a response is the fixture's echo of request id.
+func ccCheckEcho(resp *http.Response, data []byte, id int) error {
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("status %d, want 200 (body %q)", resp.StatusCode, data)
+	}
+	var m struct {
+		ID json.RawMessage `json:"id"`
+	}
+	if err := json.Unmarshal(data, &m); err != nil {
+		return fmt.Errorf("response %q: %v", data, err)
+	}
+	if got, want := string(m.ID), fmt.Sprint(id); got != want {
+		return fmt.Errorf("response carries id %s, want %s", got, want)
+	}
+	return nil
+}
+
+// ccForceOld makes the resource server answer 401 invalid_token to every
+// request that carries old, as if it had expired.
+func ccForceOld(st *fixture.Stack, old string) {
+	st.ForceFunc(func(_ *http.Request, token string) *fixture.Forced {
+		if token == old {
+			return &fixture.Forced{Status: http.StatusUnauthorized, Challenge: ccInvalidToken}
+		}
+		return nil
+	})
+}
+
+// ccGate holds up to n callers until all n have arrived (or a bound
+// passes), so that n requests are known to have failed before any refresh.
+type ccGate struct {
+	n       int
+	arrived atomic.Int32
+	all     chan struct{}
+	once    sync.Once
+}
+
+func ccNewGate(n int) *ccGate { return &ccGate{n: n, all: make(chan struct{})} }
+
+func (g *ccGate) wait() {
+	if int(g.arrived.Add(1)) >= g.n {
+		g.once.Do(func() { close(g.all) })
+	}
+	select {
+	case <-g.all:
+	case <-time.After(hdBound):
+	}
+}
+
+// hdBound turns a wait that would hang without a fix into a failure.
+const hdBound = 10 * time.Second
+
+// hdRecv receives from ch or fails the test after hdBound.
+func hdRecv[T any](t *testing.T, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(hdBound):
+		t.Fatalf("%s did not happen", what)
+		panic("unreachable")
+	}
+}
+
+// hdTokenGate is a Base that holds token endpoint requests, once armed,
+// until it is opened, and counts them.
+type hdTokenGate struct {
+	armed   atomic.Bool
+	hits    atomic.Int32
+	hit     chan struct{} // closed at the first request held
+	hitOnce sync.Once
+	open    chan struct{}
+	once    sync.Once
+}
+
+func newTokenGate(t *testing.T) *hdTokenGate {
+	g := &hdTokenGate{hit: make(chan struct{}), open: make(chan struct{})}
+	t.Cleanup(g.release)
+	return g
+}
+
+func (g *hdTokenGate) release() { g.once.Do(func() { close(g.open) }) }
+
+func (g *hdTokenGate) RoundTrip(r *http.Request) (*http.Response, error) {
+	if g.armed.Load() && strings.HasSuffix(r.URL.Path, authserver.PathToken) {
+		g.hits.Add(1)
+		g.hitOnce.Do(func() { close(g.hit) })
+		select {
+		case <-g.open:
+		case <-r.Context().Done():
+			return nil, r.Context().Err()
+		}
+	}
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+// Protocol versions the SDK client can be asked for: its default (the
+// 2026-07-28 revision: server/discover, no standalone GET stream) and the
+// 2025-11-25 revision (initialize, a standalone GET event stream when the
+// server is stateful).
+const (
+	sdkProtoLatest = ""
+	sdkProto251125 = "2025-11-25"
+)
+
+type sdkEchoIn struct {
+	Text string `json:"text"`
+}
+
+type sdkEchoOut struct {
+	Text string `json:"text"`
+}
+
+// sdkServer is the official SDK's streamable HTTP handler serving one tool,
+// "echo", that returns its input.
+func sdkServer(stateless bool) http.Handler {
+	s := mcp.NewServer(&mcp.Implementation{Name: "evergrant-test", Version: "1"}, nil)
+	mcp.AddTool(s, &mcp.Tool{Name: "echo", Description: "returns its input"},
+		func(_ context.Context, _ *mcp.CallToolRequest, in sdkEchoIn) (*mcp.CallToolResult, sdkEchoOut, error) {
+			return &mcp.CallToolResult{Content: []mcp.Content{&mcp.TextContent{Text: in.Text}}}, sdkEchoOut(in), nil
+		})
+	return mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return s }, &mcp.StreamableHTTPOptions{Stateless: stateless})
+}
+
+// sdkStack starts the fixture with the SDK server; handler, when not nil,
+// wraps the SDK handler.
+func sdkStack(t *testing.T, ttl time.Duration, stateless bool, wrap func(http.Handler) http.Handler) *fixture.Stack {
+	t.Helper()
+	h := sdkServer(stateless)
+	if wrap != nil {
+		h = wrap(h)
+	}
+	return fixture.New(t, fixture.Options{Handler: h, AccessTokenTTL: ttl})
+}
+
+// sdkTransport returns a Transport that signs in headlessly, and the store
+// it keeps its grant in.
+func sdkTransport(cfg client.Config) (*client.Transport, store.Store) {
+	if cfg.Store == nil {
+		cfg.Store = new(store.Memory)
+	}
+	if cfg.Authorizer == nil {
+		cfg.Authorizer = &client.HeadlessAuthorizer{}
+	}
+	return client.NewTransport(cfg), cfg.Store
+}
+
+// sdkSignedIn returns a Transport without an Authorizer holding a grant for
+// st.URL (signed in by another Transport sharing its store): a host that
+// cannot show a sign-in right now, so a lost grant stays lost.
+func sdkSignedIn(t *testing.T, st *fixture.Stack, cfg client.Config) *client.Transport {
+	t.Helper()
+	signer, s := sdkTransport(client.Config{})
+	if err := signer.Authorize(t.Context(), st.URL); err != nil {
+		t.Fatalf("sign in: %v", err)
+	}
+	cfg.Store, cfg.Authorizer = s, nil
+	return client.NewTransport(cfg)
+}
+
+// sdkModes are the server modes and protocol versions the tests run in.
+var sdkModes = []struct {
+	name      string
+	stateless bool
+	proto     string
+}{
+	{"stateful/latest", false, sdkProtoLatest},
+	{"stateless/latest", true, sdkProtoLatest},
+	{"stateful/2025-11-25", false, sdkProto251125},
+	{"stateless/2025-11-25", true, sdkProto251125},
+}
+
+// waitExpiry sleeps until the access token of the stored grant has expired
+// at the server too: the server rounds exp up to a whole second, so the
+// token may live up to a second past the client's expires_in-based Expiry.
+func waitExpiry(t *testing.T, tr *client.Transport, serverURL string) {
+	t.Helper()
+	g, err := tr.Grant(t.Context(), serverURL)
+	if err != nil || g == nil || g.Expiry.IsZero() {
+		t.Fatalf("grant: %v, %+v", err, g != nil)
+	}
+	time.Sleep(time.Until(g.Expiry) + 1250*time.Millisecond)
+}
+
+// checkNeedsReauth checks that err carries a *client.NeedsReauthError for
+// a refused refresh, through errors.As and errors.Is.
+func checkNeedsReauth(t *testing.T, err error, reason client.Reason) *client.NeedsReauthError {
+	t.Helper()
+	if err == nil {
+		t.Fatal("no error")
+	}
+	var ne *client.NeedsReauthError
+	if !errors.As(err, &ne) {
+		t.Fatalf("errors.As(*client.NeedsReauthError) fails on %T: %v", err, err)
+	}
+	if !errors.Is(err, client.ErrNeedsReauth) {
+		t.Errorf("errors.Is(err, client.ErrNeedsReauth) = false: %v", err)
+	}
+	if reason != "" && ne.Reason != reason {
+		t.Errorf("reason: got %q, want %q (%v)", ne.Reason, reason, ne)
+	}
+	return ne
+}
+
+// streamCutter ends the server's open GET event streams on demand, as a
+// server restart or a proxy timeout would, so the SDK client reconnects.
+type streamCutter struct {
+	h       http.Handler
+	mu      sync.Mutex
+	cancels map[*http.Request]context.CancelFunc
+	gets    atomic.Int32
+}
+
+func (c *streamCutter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		c.h.ServeHTTP(w, r)
+		return
+	}
+	c.gets.Add(1)
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	c.mu.Lock()
+	c.cancels[r] = cancel
+	c.mu.Unlock()
+	defer func() {
+		c.mu.Lock()
+		delete(c.cancels, r)
+		c.mu.Unlock()
+	}()
+	c.h.ServeHTTP(w, r.WithContext(ctx))
+}
+
+func (c *streamCutter) open() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.cancels)
+}
+
+func (c *streamCutter) cut() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, cancel := range c.cancels {
+		cancel()
+	}
+}
+
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
