@@ -2,8 +2,10 @@ package client_test
 
 // Helpers shared by the client tests. The tests run real components on
 // loopback: the fixture's authorization server and MCP endpoint
-// (internal/fixture), the official Go SDK's MCP server and clients. A
-// bound on a wait (hdBound) only turns a hang into a failure.
+// (internal/fixture), the official Go SDK's MCP server and clients. A test
+// that needs time to pass moves a testclock.Clock that the Transport and
+// the authorization server share, instead of sleeping; a bound on a wait
+// (hdBound) only turns a hang into a failure.
 
 import (
 	"bytes"
@@ -24,6 +26,7 @@ import (
 	"github.com/evergrant/evergrant/authserver"
 	"github.com/evergrant/evergrant/client"
 	"github.com/evergrant/evergrant/internal/fixture"
+	"github.com/evergrant/evergrant/internal/testclock"
 	"github.com/evergrant/evergrant/store"
 )
 
@@ -132,6 +135,21 @@ func ccAuthorize(t *testing.T, opts fixture.Options, cfg client.Config) (*fixtur
 	return st, tr
 }
 
+// onClock returns fixture options whose authorization server runs on
+// clock, so that the tokens it issues expire when the clock says. (The
+// fixture's MCP endpoint asks the authorization server about every token,
+// so it follows that clock too.)
+func onClock(clock *testclock.Clock, opts fixture.Options) fixture.Options {
+	adjust := opts.AuthServer
+	opts.AuthServer = func(c *authserver.Config) {
+		if adjust != nil {
+			adjust(c)
+		}
+		c.Now = clock.Now
+	}
+	return opts
+}
+
 // ccAccessToken returns the access token stored for the fixture's server.
 func ccAccessToken(t *testing.T, tr *client.Transport, st *fixture.Stack) string {
 	t.Helper()
@@ -231,6 +249,17 @@ func hdRecv[T any](t *testing.T, ch <-chan T, what string) T {
 	}
 }
 
+// waitIdle waits until tr has no background work left (Transport.Wait),
+// failing the test after hdBound.
+func waitIdle(t *testing.T, tr *client.Transport) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), hdBound)
+	defer cancel()
+	if err := tr.Wait(ctx); err != nil {
+		t.Fatalf("Wait: %v", err)
+	}
+}
+
 // hdTokenGate is a Base that holds token endpoint requests, once armed,
 // until it is opened, and counts them.
 type hdTokenGate struct {
@@ -291,15 +320,25 @@ func sdkServer(stateless bool) http.Handler {
 	return mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return s }, &mcp.StreamableHTTPOptions{Stateless: stateless})
 }
 
-// sdkStack starts the fixture with the SDK server; handler, when not nil,
-// wraps the SDK handler.
-func sdkStack(t *testing.T, ttl time.Duration, stateless bool, wrap func(http.Handler) http.Handler) *fixture.Stack {
+// sdkTokenTTL is the access token lifetime of an sdkStack on a clock.
+const sdkTokenTTL = 10 * time.Minute
+
+// sdkStack starts the fixture with the SDK server; wrap, when not nil,
+// wraps the SDK handler. With a clock, the authorization server runs on it
+// and its access tokens live sdkTokenTTL; without one, it runs on the real
+// time with its default lifetimes.
+func sdkStack(t *testing.T, clock *testclock.Clock, stateless bool, wrap func(http.Handler) http.Handler) *fixture.Stack {
 	t.Helper()
 	h := sdkServer(stateless)
 	if wrap != nil {
 		h = wrap(h)
 	}
-	return fixture.New(t, fixture.Options{Handler: h, AccessTokenTTL: ttl})
+	opts := fixture.Options{Handler: h}
+	if clock != nil {
+		opts.AccessTokenTTL = sdkTokenTTL
+		opts = onClock(clock, opts)
+	}
+	return fixture.New(t, opts)
 }
 
 // sdkTransport returns a Transport that signs in headlessly, and the store
@@ -339,16 +378,16 @@ var sdkModes = []struct {
 	{"stateless/2025-11-25", true, sdkProto251125},
 }
 
-// waitExpiry sleeps until the access token of the stored grant has expired
-// at the server too: the server rounds exp up to a whole second, so the
-// token may live up to a second past the client's expires_in-based Expiry.
-func waitExpiry(t *testing.T, tr *client.Transport, serverURL string) {
+// expire moves clock past the expiry of the stored access token, at the
+// server too: the server rounds exp up to a whole second, so the token may
+// live up to a second past the client's expires_in-based Expiry.
+func expire(t *testing.T, clock *testclock.Clock, tr *client.Transport, serverURL string) {
 	t.Helper()
 	g, err := tr.Grant(t.Context(), serverURL)
 	if err != nil || g == nil || g.Expiry.IsZero() {
 		t.Fatalf("grant: %v, %+v", err, g != nil)
 	}
-	time.Sleep(time.Until(g.Expiry) + 1250*time.Millisecond)
+	clock.Set(g.Expiry.Add(1250 * time.Millisecond))
 }
 
 // checkNeedsReauth checks that err carries a *client.NeedsReauthError for
@@ -372,12 +411,19 @@ func checkNeedsReauth(t *testing.T, err error, reason client.Reason) *client.Nee
 }
 
 // streamCutter ends the server's open GET event streams on demand, as a
-// server restart or a proxy timeout would, so the SDK client reconnects.
+// server restart or a proxy timeout would, so the client reconnects.
 type streamCutter struct {
 	h       http.Handler
 	mu      sync.Mutex
 	cancels map[*http.Request]context.CancelFunc
 	gets    atomic.Int32
+	// opened receives a value (when there is room) each time a stream
+	// opens.
+	opened chan struct{}
+}
+
+func newStreamCutter() *streamCutter {
+	return &streamCutter{cancels: map[*http.Request]context.CancelFunc{}, opened: make(chan struct{}, 16)}
 }
 
 func (c *streamCutter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -391,6 +437,10 @@ func (c *streamCutter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	c.mu.Lock()
 	c.cancels[r] = cancel
 	c.mu.Unlock()
+	select {
+	case c.opened <- struct{}{}:
+	default:
+	}
 	defer func() {
 		c.mu.Lock()
 		delete(c.cancels, r)
@@ -410,16 +460,5 @@ func (c *streamCutter) cut() {
 	defer c.mu.Unlock()
 	for _, cancel := range c.cancels {
 		cancel()
-	}
-}
-
-func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/evergrant/evergrant/authserver"
 	"github.com/evergrant/evergrant/client"
 	"github.com/evergrant/evergrant/internal/fixture"
+	"github.com/evergrant/evergrant/internal/testclock"
 )
 
 // mcpgoModes are sdkModes less "stateful/latest": mcp-go v1.2.1 does not
@@ -102,17 +103,16 @@ func TestMCPGo_Rule1_RefreshOn401AcrossExpiry(t *testing.T) {
 	for _, m := range mcpgoModes {
 		t.Run(m.name, func(t *testing.T) {
 			t.Parallel()
-			// 2 s, not 1 s: the authorization server truncates the issue
-			// time to the second, so a token lives between 1 and 2 s.
-			st := sdkStack(t, 2*time.Second, m.stateless, nil)
-			tr, _ := sdkTransport(client.Config{RefreshMargin: -1})
+			clock := testclock.New(time.Now())
+			st := sdkStack(t, clock, m.stateless, nil)
+			tr, _ := sdkTransport(client.Config{Now: clock.Now, RefreshMargin: -1})
 			c := mcpgoConnect(t, st, tr, m.proto)
 			if err := mcpgoEcho(t.Context(), c, "before"); err != nil {
 				t.Fatal(err)
 			}
 			refreshes, unauthorized := st.Refreshes(), st.Unauthorized()
 			for i := range 2 {
-				waitExpiry(t, tr, st.URL)
+				expire(t, clock, tr, st.URL)
 				if err := mcpgoEcho(t.Context(), c, fmt.Sprintf("after expiry %d", i+1)); err != nil {
 					t.Fatalf("after expiry %d: %v", i+1, err)
 				}
@@ -136,7 +136,7 @@ func TestMCPGo_Rule3_RevokedRefreshTokenSurfacesNeedsReauth(t *testing.T) {
 	for _, m := range mcpgoModes {
 		t.Run(m.name, func(t *testing.T) {
 			t.Parallel()
-			st := sdkStack(t, 0, m.stateless, nil)
+			st := sdkStack(t, nil, m.stateless, nil)
 			tr := sdkSignedIn(t, st, client.Config{})
 			c := mcpgoConnect(t, st, tr, m.proto)
 			if err := mcpgoEcho(t.Context(), c, "before"); err != nil {
@@ -168,7 +168,7 @@ func TestMCPGo_NoGrantSurfacesNeedsReauthFromInitialize(t *testing.T) {
 	for _, m := range mcpgoModes {
 		t.Run(m.name, func(t *testing.T) {
 			t.Parallel()
-			st := sdkStack(t, 0, m.stateless, nil)
+			st := sdkStack(t, nil, m.stateless, nil)
 			_, err := mcpgoStart(t, st, client.NewTransport(client.Config{}), m.proto)
 			checkNeedsReauth(t, err, client.ReasonNoGrant)
 		})
@@ -182,20 +182,40 @@ func TestMCPGo_NoGrantSurfacesNeedsReauthFromInitialize(t *testing.T) {
 // (docs/design.md#client-rule-5).
 func TestMCPGo_Rule5_ListeningStreamAfterRevocation(t *testing.T) {
 	t.Parallel()
-	cutter := &streamCutter{cancels: map[*http.Request]context.CancelFunc{}}
-	st := sdkStack(t, 0, false, func(h http.Handler) http.Handler { cutter.h = h; return cutter })
+	cutter := newStreamCutter()
+	st := sdkStack(t, nil, false, func(h http.Handler) http.Handler { cutter.h = h; return cutter })
 	tr := sdkSignedIn(t, st, client.Config{})
-	c := mcpgoConnect(t, st, tr, sdkProto251125, transport.WithContinuousListening())
+	// getFailed receives a value each time a GET mcp-go sends through the
+	// Transport fails: each attempt to reopen the stream.
+	getFailed := make(chan struct{}, 16)
+	counted := ccRoundTripFunc(func(r *http.Request) (*http.Response, error) {
+		resp, err := tr.RoundTrip(r)
+		if r.Method == http.MethodGet && (err != nil || resp.StatusCode != http.StatusOK) {
+			select {
+			case getFailed <- struct{}{}:
+			default:
+			}
+		}
+		return resp, err
+	})
+	//lint:ignore SA1019 the test is about the standalone GET stream of the 2025-11-25 revision, which this option opens.
+	c := mcpgoConnect(t, st, counted, sdkProto251125, transport.WithContinuousListening())
 	if err := mcpgoEcho(t.Context(), c, "before"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "the listening GET stream", func() bool { return cutter.open() == 1 })
+	hdRecv(t, cutter.opened, "the listening GET stream")
+	if n := cutter.open(); n != 1 {
+		t.Fatalf("%d GET streams open, want 1", n)
+	}
 	if _, err := st.AS.RevokeGrants(t.Context(), authserver.GrantFilter{}); err != nil {
 		t.Fatal(err)
 	}
 	cutter.cut()
 	// mcp-go retries the GET every second: give it three tries.
-	time.Sleep(3500 * time.Millisecond)
+	for i := range 3 {
+		hdRecv(t, getFailed, fmt.Sprintf("GET attempt %d after the revocation", i+1))
+	}
+	waitIdle(t, tr)
 	if got := st.Refreshes(); got != 1 {
 		t.Errorf("refreshes: got %d, want 1", got)
 	}

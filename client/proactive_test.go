@@ -4,7 +4,8 @@ package client_test
 // expire is refreshed before it is sent, so a healthy session sees no 401;
 // while it is still valid the refresh runs in the background, and after an
 // unavailable answer it backs off; expiry is absolute and survives
-// restarts.
+// restarts. The tests move a testclock.Clock, shared with the
+// authorization server where the server must agree that a token expired.
 
 import (
 	"bytes"
@@ -22,15 +23,9 @@ import (
 	"github.com/evergrant/evergrant/authserver"
 	"github.com/evergrant/evergrant/client"
 	"github.com/evergrant/evergrant/internal/fixture"
+	"github.com/evergrant/evergrant/internal/testclock"
 	"github.com/evergrant/evergrant/store"
 )
-
-// prClock is the real clock moved forward by an offset the test controls.
-type prClock struct{ off atomic.Int64 }
-
-func (c *prClock) Now() time.Time { return time.Now().Add(time.Duration(c.off.Load())) }
-
-func (c *prClock) Advance(d time.Duration) { c.off.Add(int64(d)) }
 
 // prEvents records refresh events.
 type prEvents struct {
@@ -59,28 +54,39 @@ func prDistinctTokens(st *fixture.Stack) int {
 	return len(seen)
 }
 
-// TestRule8_ProactiveRefreshSessionSeesNo401 runs a 20-request session
-// over more than three lifetimes of 1s access tokens, in real time
+// TestRule8_ProactiveRefreshSessionSeesNo401 runs a 20-request session over
+// more than three lifetimes of 1s access tokens, on a clock the Transport
+// shares with the authorization server, each request 160ms after the
+// previous one has finished, its background refresh included
 // (docs/design.md#client-rule-8). (It relies on the server keeping a token
 // for the whole expires_in; see TestRule8_FixtureTokenLivesForExpiresIn.)
 func TestRule8_ProactiveRefreshSessionSeesNo401(t *testing.T) {
-	t.Parallel() // mostly sleeping
 	const (
 		ttl     = time.Second
 		margin  = 500 * time.Millisecond
 		n       = 20
 		spacing = 160 * time.Millisecond // 19 × 160ms > 3 × ttl
 	)
+	clock := testclock.New(time.Now())
 	var evs prEvents
-	st, tr := ccAuthorize(t, fixture.Options{AccessTokenTTL: ttl}, client.Config{
+	st, tr := ccAuthorize(t, fixture.Options{
+		AccessTokenTTL: ttl,
+		AuthServer:     func(c *authserver.Config) { c.Now = clock.Now },
+	}, client.Config{
+		Now:           clock.Now,
 		RefreshMargin: margin,
 		OnRefresh:     evs.add,
 	})
 	hc := &http.Client{Transport: tr}
-	start := time.Now()
+	start := clock.Now()
 	for i := range n {
 		if i > 0 {
-			time.Sleep(spacing)
+			// A token still valid went out while the refresh it started
+			// runs in the background: let it finish before time moves on.
+			if err := tr.Wait(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+			clock.Advance(spacing)
 		}
 		resp, data, err := ccPost(t.Context(), hc, st.URL, i)
 		if err != nil {
@@ -90,7 +96,7 @@ func TestRule8_ProactiveRefreshSessionSeesNo401(t *testing.T) {
 			t.Fatalf("request %d: %v", i, err)
 		}
 	}
-	if elapsed := time.Since(start); elapsed < 3*ttl {
+	if elapsed := clock.Now().Sub(start); elapsed < 3*ttl {
 		t.Fatalf("test setup: the session lasted %v, less than three token lifetimes", elapsed)
 	}
 	// A token still valid goes out while the refresh it started runs in
@@ -132,7 +138,8 @@ func TestRule8_ProactiveRefreshSessionSeesNo401(t *testing.T) {
 // Transport shares with the authorization server
 // (docs/design.md#client-rule-8).
 func TestRule8_ProactiveRefreshWithDefaultMargin(t *testing.T) {
-	var clock prClock
+	clock := testclock.New(time.Now())
+	start := clock.Now()
 	var evs prEvents
 	st, tr := ccAuthorize(t, fixture.Options{
 		AccessTokenTTL: 10 * time.Minute,
@@ -148,7 +155,7 @@ func TestRule8_ProactiveRefreshWithDefaultMargin(t *testing.T) {
 			t.Fatalf("request %d: %v", i, err)
 		}
 		if err := ccCheckEcho(resp, data, i); err != nil {
-			t.Fatalf("request %d at +%v: %v", i, time.Duration(clock.off.Load()), err)
+			t.Fatalf("request %d at +%v: %v", i, clock.Now().Sub(start), err)
 		}
 	}
 	if got := st.Unauthorized(); got != 0 {
@@ -175,7 +182,7 @@ func TestRule8_ProactiveRefreshWithDefaultMargin(t *testing.T) {
 // an unavailable answer (docs/design.md#client-rule-4) no proactive refresh
 // starts during a backoff that doubles (docs/design.md#client-rule-8).
 func TestRule8_ProactiveRefreshInBackgroundWithBackoff(t *testing.T) {
-	var clock prClock
+	clock := testclock.New(time.Now())
 	gate := newTokenGate(t)
 	events := make(chan client.RefreshEvent, 16)
 	st, tr := ccAuthorize(t, fixture.Options{AccessTokenTTL: 10 * time.Minute}, client.Config{
@@ -275,7 +282,7 @@ func TestRule8_ExpirySurvivesRestart(t *testing.T) {
 	tr1 = nil // the process ends
 
 	// The next process starts 59m30s later.
-	later := func() time.Time { return time.Now().Add(ttl - 30*time.Second) }
+	later := testclock.New(time.Now().Add(ttl - 30*time.Second))
 	fs2, err := store.OpenFile(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -289,7 +296,7 @@ func TestRule8_ExpirySurvivesRestart(t *testing.T) {
 		t.Fatalf("expiry after reopening the store = %v, want %v", reloaded.Expiry, g1.Expiry)
 	}
 	var evs prEvents
-	tr2 := client.NewTransport(client.Config{Store: fs2, Now: later, OnRefresh: evs.add})
+	tr2 := client.NewTransport(client.Config{Store: fs2, Now: later.Now, OnRefresh: evs.add})
 	hc := &http.Client{Transport: tr2}
 	for i := range 2 {
 		resp, data, err := ccPost(t.Context(), hc, st.URL, i)
@@ -330,7 +337,7 @@ func TestRule8_ExpirySurvivesRestart(t *testing.T) {
 	if g2.AccessToken == g1.AccessToken || reqs[1].Token != g2.AccessToken {
 		t.Errorf("request 1 carried token %s, want the refreshed %s", fixture.TokenHash(reqs[1].Token), fixture.TokenHash(g2.AccessToken))
 	}
-	if d := g2.Expiry.Sub(later()); d < ttl-time.Minute || d > ttl+time.Minute {
+	if d := g2.Expiry.Sub(later.Now()); d < ttl-time.Minute || d > ttl+time.Minute {
 		t.Errorf("refreshed expiry is %v after the new process's clock, want about %v", d, ttl)
 	}
 }
@@ -339,7 +346,7 @@ func TestRule8_ExpirySurvivesRestart(t *testing.T) {
 // a token is sent until the server rejects it, then refreshed after the 401
 // (docs/design.md#client-rule-8).
 func TestRule8_NegativeMarginDisablesProactiveRefresh(t *testing.T) {
-	var clock prClock
+	clock := testclock.New(time.Now())
 	var evs prEvents
 	st, tr := ccAuthorize(t, fixture.Options{
 		AccessTokenTTL: 10 * time.Minute,
@@ -388,11 +395,22 @@ func (b *prCloseBody) Close() error { b.closed.Store(true); return nil }
 func TestRule8_CallerCancelDuringProactiveRefreshClosesBody(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	var clock prClock
+	clock := testclock.New(time.Now())
 	var armed atomic.Bool
+	// gaveUp is closed once RoundTrip has returned.
+	gaveUp := make(chan struct{})
+	release := sync.OnceFunc(func() { close(gaveUp) })
+	t.Cleanup(release)
 	base := ccRoundTripFunc(func(r *http.Request) (*http.Response, error) {
 		if armed.Load() && strings.HasSuffix(r.URL.Path, "/token") {
-			time.AfterFunc(100*time.Millisecond, cancel)
+			// The refresh is on its way: the caller gives up, and the
+			// token endpoint answers only after RoundTrip returned.
+			cancel()
+			select {
+			case <-gaveUp:
+			case <-r.Context().Done():
+				return nil, r.Context().Err()
+			}
 		}
 		return http.DefaultTransport.RoundTrip(r)
 	})
@@ -401,7 +419,6 @@ func TestRule8_CallerCancelDuringProactiveRefreshClosesBody(t *testing.T) {
 		Base: base, Now: clock.Now, OnRefresh: func(ev client.RefreshEvent) { refreshed <- ev },
 	})
 	clock.Advance(10 * time.Minute)
-	st.Faults().DelayToken(500 * time.Millisecond)
 	armed.Store(true)
 
 	payload := []byte(ccBody(1))
@@ -413,6 +430,7 @@ func TestRule8_CallerCancelDuringProactiveRefreshClosesBody(t *testing.T) {
 	req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(payload)), nil }
 	req.ContentLength = int64(len(payload))
 	resp, err := tr.RoundTrip(req)
+	release()
 	if resp != nil {
 		resp.Body.Close()
 	}
@@ -444,12 +462,11 @@ func TestRule8_CallerCancelDuringProactiveRefreshClosesBody(t *testing.T) {
 // server dropped the token early.
 func TestRule8_FixtureTokenLivesForExpiresIn(t *testing.T) {
 	base := time.Unix(2_000_000_000, 900_000_000)
-	var off atomic.Int64
-	now := func() time.Time { return base.Add(time.Duration(off.Load())) }
+	clock := testclock.New(base)
 	st, tr := ccAuthorize(t, fixture.Options{
 		AccessTokenTTL: 10 * time.Second,
-		AuthServer:     func(c *authserver.Config) { c.Now = now },
-	}, client.Config{Now: now, RefreshMargin: -1})
+		AuthServer:     func(c *authserver.Config) { c.Now = clock.Now },
+	}, client.Config{Now: clock.Now, RefreshMargin: -1})
 	g, err := tr.Grant(t.Context(), st.URL)
 	if err != nil || g == nil {
 		t.Fatalf("Grant: %v %v", g, err)
@@ -458,7 +475,7 @@ func TestRule8_FixtureTokenLivesForExpiresIn(t *testing.T) {
 		t.Fatalf("client-side expiry %v, want %v (expires_in 10)", g.Expiry, want)
 	}
 	// 9.5s later: half a second left by expires_in.
-	off.Store(int64(9500 * time.Millisecond))
+	clock.Set(base.Add(9500 * time.Millisecond))
 	resp, data, err := ccPost(t.Context(), &http.Client{Transport: tr}, st.URL, 1)
 	if err != nil {
 		t.Fatal(err)

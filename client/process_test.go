@@ -20,6 +20,7 @@ import (
 
 	"github.com/evergrant/evergrant/client"
 	"github.com/evergrant/evergrant/internal/fixture"
+	"github.com/evergrant/evergrant/internal/testclock"
 	"github.com/evergrant/evergrant/store"
 )
 
@@ -218,7 +219,7 @@ func pcChild() error {
 		if skew, err = time.ParseDuration(v); err != nil {
 			return err
 		}
-		cfg.Now = func() time.Time { return time.Now().Add(skew) }
+		cfg.Now = testclock.New(time.Now().Add(skew)).Now
 	}
 	tr := client.NewTransport(cfg)
 	hc := &http.Client{Transport: tr}

@@ -21,6 +21,7 @@ import (
 	"github.com/evergrant/evergrant/authserver"
 	"github.com/evergrant/evergrant/client"
 	"github.com/evergrant/evergrant/internal/fixture"
+	"github.com/evergrant/evergrant/internal/testclock"
 	"github.com/evergrant/evergrant/oauth"
 	"github.com/evergrant/evergrant/store"
 )
@@ -334,7 +335,7 @@ func TestRule5_ProactiveRefreshIsTheRequestsOneRefresh(t *testing.T) {
 			name := map[bool]string{true: "expired", false: "valid"}[expired] + "/" +
 				map[bool]string{true: "refused", false: "unavailable"}[refused]
 			t.Run(name, func(t *testing.T) {
-				var clock prClock
+				clock := testclock.New(time.Now())
 				r := newRig(t, fixture.Options{AccessTokenTTL: 10 * time.Minute},
 					client.Config{Now: clock.Now, RefreshMargin: client.DefaultRefreshMargin})
 				if refused {

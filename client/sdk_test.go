@@ -22,6 +22,7 @@ import (
 	"github.com/evergrant/evergrant/authserver"
 	"github.com/evergrant/evergrant/client"
 	"github.com/evergrant/evergrant/internal/fixture"
+	"github.com/evergrant/evergrant/internal/testclock"
 )
 
 // sdkConnect connects the official SDK client to st.URL through rt.
@@ -58,13 +59,13 @@ func sdkEcho(ctx context.Context, cs *mcp.ClientSession, text string) error {
 
 // untilBeforeExpiry moves clock to d before the stored access token
 // expires.
-func waitUntilBeforeExpiry(t *testing.T, tr *client.Transport, serverURL string, d time.Duration) {
+func untilBeforeExpiry(t *testing.T, clock *testclock.Clock, tr *client.Transport, serverURL string, d time.Duration) {
 	t.Helper()
 	g, err := tr.Grant(t.Context(), serverURL)
 	if err != nil || g == nil || g.Expiry.IsZero() {
 		t.Fatalf("grant: %v, %+v", err, g != nil)
 	}
-	time.Sleep(time.Until(g.Expiry.Add(-d)))
+	clock.Set(g.Expiry.Add(-d))
 }
 
 // TestSDK_Rule1_RefreshOn401AcrossExpiry: with proactive refresh off, each
@@ -76,17 +77,16 @@ func TestSDK_Rule1_RefreshOn401AcrossExpiry(t *testing.T) {
 	for _, m := range sdkModes {
 		t.Run(m.name, func(t *testing.T) {
 			t.Parallel()
-			// 2 s, not 1 s: the authorization server truncates the issue
-			// time to the second, so a token lives between 1 and 2 s.
-			st := sdkStack(t, 2*time.Second, m.stateless, nil)
-			tr, _ := sdkTransport(client.Config{RefreshMargin: -1})
+			clock := testclock.New(time.Now())
+			st := sdkStack(t, clock, m.stateless, nil)
+			tr, _ := sdkTransport(client.Config{Now: clock.Now, RefreshMargin: -1})
 			cs := sdkConnect(t, st, tr, m.proto, 0)
 			if err := sdkEcho(t.Context(), cs, "before"); err != nil {
 				t.Fatal(err)
 			}
 			refreshes, unauthorized := st.Refreshes(), st.Unauthorized()
 			for i := range 2 {
-				waitExpiry(t, tr, st.URL)
+				expire(t, clock, tr, st.URL)
 				if err := sdkEcho(t.Context(), cs, fmt.Sprintf("after expiry %d", i+1)); err != nil {
 					t.Fatalf("after expiry %d: %v", i+1, err)
 				}
@@ -112,18 +112,19 @@ func TestSDK_Rule8_ProactiveRefreshAcrossExpiry(t *testing.T) {
 	for _, m := range sdkModes {
 		t.Run(m.name, func(t *testing.T) {
 			t.Parallel()
-			// Margin 800 ms (jittered up to 960 ms), lifetime 2 s: a fresh
-			// token is sent as is; one within 400 ms of expiry is
-			// refreshed ahead of its expiry.
-			st := sdkStack(t, 2*time.Second, m.stateless, nil)
-			tr, _ := sdkTransport(client.Config{RefreshMargin: 800 * time.Millisecond})
+			// Margin 1 min (jittered up to 72 s), lifetime 10 min: a fresh
+			// token is sent as is; one within 30 s of expiry is refreshed
+			// ahead of its expiry.
+			clock := testclock.New(time.Now())
+			st := sdkStack(t, clock, m.stateless, nil)
+			tr, _ := sdkTransport(client.Config{Now: clock.Now, RefreshMargin: time.Minute})
 			cs := sdkConnect(t, st, tr, m.proto, 0)
 			if err := sdkEcho(t.Context(), cs, "before"); err != nil {
 				t.Fatal(err)
 			}
 			refreshes, unauthorized := st.Refreshes(), st.Unauthorized()
 			for i := range 2 {
-				waitUntilBeforeExpiry(t, tr, st.URL, 400*time.Millisecond)
+				untilBeforeExpiry(t, clock, tr, st.URL, 30*time.Second)
 				if err := sdkEcho(t.Context(), cs, fmt.Sprintf("near expiry %d", i+1)); err != nil {
 					t.Fatalf("near expiry %d: %v", i+1, err)
 				}
@@ -184,7 +185,7 @@ func TestSDK_Rule1_RefreshAfterAccessTokenRevoked(t *testing.T) {
 	for _, m := range sdkModes {
 		t.Run(m.name, func(t *testing.T) {
 			t.Parallel()
-			st := sdkStack(t, 0, m.stateless, nil)
+			st := sdkStack(t, nil, m.stateless, nil)
 			tr, _ := sdkTransport(client.Config{})
 			cs := sdkConnect(t, st, tr, m.proto, 0)
 			if err := sdkEcho(t.Context(), cs, "before"); err != nil {
@@ -218,7 +219,7 @@ func TestSDK_Rule3_RevokedRefreshTokenSurfacesNeedsReauth(t *testing.T) {
 	for _, m := range sdkModes {
 		t.Run(m.name, func(t *testing.T) {
 			t.Parallel()
-			st := sdkStack(t, 0, m.stateless, nil)
+			st := sdkStack(t, nil, m.stateless, nil)
 			var hooked atomic.Int32
 			tr, _ := sdkTransport(client.Config{OnNeedsReauth: func(*client.NeedsReauthError) { hooked.Add(1) }})
 			cs := sdkConnect(t, st, tr, m.proto, 0)
@@ -264,7 +265,7 @@ func TestSDK_NoGrantSurfacesNeedsReauthFromConnect(t *testing.T) {
 	for _, m := range sdkModes {
 		t.Run(m.name, func(t *testing.T) {
 			t.Parallel()
-			st := sdkStack(t, 0, m.stateless, nil)
+			st := sdkStack(t, nil, m.stateless, nil)
 			tr := client.NewTransport(client.Config{})
 			c := mcp.NewClient(&mcp.Implementation{Name: "evergrant-test-client", Version: "1"}, nil)
 			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
@@ -290,8 +291,8 @@ func TestSDK_NoGrantSurfacesNeedsReauthFromConnect(t *testing.T) {
 // ReauthRecorder.Err gives it back (docs/design.md#client-integration).
 func TestSDK_Rule5_StandaloneStreamAfterRevocation(t *testing.T) {
 	t.Parallel()
-	cutter := &streamCutter{cancels: map[*http.Request]context.CancelFunc{}}
-	st := sdkStack(t, 0, false, func(h http.Handler) http.Handler { cutter.h = h; return cutter })
+	cutter := newStreamCutter()
+	st := sdkStack(t, nil, false, func(h http.Handler) http.Handler { cutter.h = h; return cutter })
 	tr := sdkSignedIn(t, st, client.Config{})
 	rec := client.NewReauthRecorder(tr)
 	// MaxRetries 2 bounds the SDK's reconnection backoff (1 s, then 1.5 s,
@@ -300,15 +301,24 @@ func TestSDK_Rule5_StandaloneStreamAfterRevocation(t *testing.T) {
 	if err := sdkEcho(t.Context(), cs, "before"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "the standalone GET stream", func() bool { return cutter.open() == 1 })
+	hdRecv(t, cutter.opened, "the standalone GET stream")
+	if n := cutter.open(); n != 1 {
+		t.Fatalf("%d GET streams open, want 1", n)
+	}
+	sent := tr.Stats().Requests
 
 	if _, err := st.AS.RevokeGrants(t.Context(), authserver.GrantFilter{}); err != nil {
 		t.Fatal(err)
 	}
 	refreshes := st.Refreshes()
-	time.Sleep(1500 * time.Millisecond)
+	// Nothing happens while the stream stays open: no request reaches the
+	// Transport, and the Transport does no work of its own.
+	waitIdle(t, tr)
 	if got := st.Refreshes() - refreshes; got != 0 {
 		t.Errorf("refreshes while the stream stays open: got %d, want 0", got)
+	}
+	if got := tr.Stats().Requests - sent; got != 0 || cutter.open() != 1 {
+		t.Errorf("after the revocation: %d requests, %d GET streams open; want none and the one stream", got, cutter.open())
 	}
 
 	cutter.cut()
@@ -349,9 +359,9 @@ func TestSDK_Rule5_StandaloneStreamAfterRevocation(t *testing.T) {
 	if rec.Err(err).Error() != err.Error() {
 		t.Errorf("ReauthRecorder.Err changed the text: %q", rec.Err(err))
 	}
-	time.Sleep(time.Second)
+	waitIdle(t, tr)
 	if got := st.Refreshes() - refreshes; got > 1 {
-		t.Errorf("refreshes a second after the session failed: got %d, want at most 1", got)
+		t.Errorf("refreshes after the session failed: got %d, want at most 1", got)
 	}
 }
 
@@ -364,7 +374,7 @@ func TestSDK_Rule5_StandaloneStreamAfterRevocation(t *testing.T) {
 // ReauthRecorder.Err gives it back (docs/design.md#client-integration).
 func TestSDK_Rule5_StandaloneStreamRejectedAfterRefresh(t *testing.T) {
 	t.Parallel()
-	st := sdkStack(t, 0, false, nil)
+	st := sdkStack(t, nil, false, nil)
 	tr := sdkSignedIn(t, st, client.Config{})
 	st.ForceFunc(func(r *http.Request, _ string) *fixture.Forced {
 		if r.Method == http.MethodGet {
@@ -410,7 +420,7 @@ func TestSDK_Rule3_ConnectAfterRevocation(t *testing.T) {
 	for _, m := range sdkModes {
 		t.Run(m.name, func(t *testing.T) {
 			t.Parallel()
-			st := sdkStack(t, 0, m.stateless, nil)
+			st := sdkStack(t, nil, m.stateless, nil)
 			tr := sdkSignedIn(t, st, client.Config{})
 			if _, err := st.AS.RevokeGrants(t.Context(), authserver.GrantFilter{}); err != nil {
 				t.Fatal(err)

@@ -221,10 +221,20 @@ func TestRule7_CallerCancelDoesNotCancelRefresh(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	var armed atomic.Bool
+	// gaveUp is closed once the caller has its error.
+	gaveUp := make(chan struct{})
+	release := sync.OnceFunc(func() { close(gaveUp) })
+	t.Cleanup(release)
 	base := ccRoundTripFunc(func(r *http.Request) (*http.Response, error) {
 		if armed.Load() && strings.HasSuffix(r.URL.Path, "/token") {
-			// The refresh is on its way: the caller gives up 100ms in.
-			time.AfterFunc(100*time.Millisecond, cancel)
+			// The refresh is on its way: the caller gives up, and the
+			// token endpoint answers only after the caller returned.
+			cancel()
+			select {
+			case <-gaveUp:
+			case <-r.Context().Done():
+				return nil, r.Context().Err()
+			}
 		}
 		return http.DefaultTransport.RoundTrip(r)
 	})
@@ -236,10 +246,10 @@ func TestRule7_CallerCancelDoesNotCancelRefresh(t *testing.T) {
 	hc := &http.Client{Transport: tr}
 	tok := ccAccessToken(t, tr, st)
 	ccForceOld(st, tok)
-	st.Faults().DelayToken(500 * time.Millisecond)
 	armed.Store(true)
 
 	_, _, err := ccPost(ctx, hc, st.URL, 1)
+	release()
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("cancelled caller got %v, want context.Canceled", err)
 	}
@@ -250,10 +260,9 @@ func TestRule7_CallerCancelDoesNotCancelRefresh(t *testing.T) {
 		if ev.Outcome != "ok" || ev.Proactive {
 			t.Fatalf("refresh event = %+v, want outcome ok after a 401", ev)
 		}
-	case <-time.After(10 * time.Second):
+	case <-time.After(hdBound):
 		t.Fatal("the refresh did not complete after the caller cancelled")
 	}
-	st.Faults().DelayToken(0)
 
 	// The refresh was saved to the store before anyone could use it.
 	saved := ccAccessToken(t, tr, st)
