@@ -20,10 +20,13 @@ package faults
 
 import (
 	"bytes"
+	"encoding/json"
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
+	"slices"
 	"sync"
 	"time"
 
@@ -39,15 +42,24 @@ const maxFormBytes = 64 << 10
 // token endpoint. The zero value is not usable; call New. All methods are
 // safe for concurrent use.
 type Injector struct {
-	as        *authserver.Server
-	tokenPath string
-	log       *slog.Logger
+	as            *authserver.Server
+	tokenPath     string
+	authorizePath string
+	log           *slog.Logger
 
 	mu            sync.Mutex
 	refuseRefresh bool
 	tokenStatus   int
 	tokenDelay    time.Duration
+	// openIDOffline is set by OpenIDOfflineAccess; noRefresh holds, by
+	// state and then by code, the authorizations that get no refresh
+	// token.
+	openIDOffline bool
+	noRefresh     map[string]bool
 }
+
+// maxTracked bounds the authorizations OpenIDOfflineAccess remembers.
+const maxTracked = 1000
 
 // New returns an Injector in front of as, with no fault set. logger
 // receives one record per injected failure; nil discards.
@@ -55,9 +67,13 @@ func New(as *authserver.Server, logger *slog.Logger) *Injector {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	f := &Injector{as: as, log: logger}
-	if u, err := url.Parse(as.Metadata().TokenEndpoint); err == nil {
+	f := &Injector{as: as, log: logger, noRefresh: map[string]bool{}}
+	md := as.Metadata()
+	if u, err := url.Parse(md.TokenEndpoint); err == nil {
 		f.tokenPath = u.Path
+	}
+	if u, err := url.Parse(md.AuthorizationEndpoint); err == nil {
+		f.authorizePath = u.Path
 	}
 	return f
 }
@@ -96,8 +112,47 @@ func (f *Injector) SetAccessTokenTTL(d time.Duration) {
 	f.as.SetAccessTokenTTL(d)
 }
 
+// OpenIDOfflineAccess makes the server behave, while on is true, like an
+// OpenID provider that follows OpenID Connect Core 1.0 §11: an
+// authorization request that asks for offline_access without
+// prompt=consent yields tokens without a refresh token (the server keeps
+// the one it issued; the client never sees it). panva's oidc-provider, for
+// one, does this by default.
+func (f *Injector) OpenIDOfflineAccess(on bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.openIDOffline = on
+	clear(f.noRefresh)
+}
+
+// track remembers that the authorization under key (a state, then a code)
+// gets no refresh token.
+func (f *Injector) track(key string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.noRefresh) >= maxTracked {
+		clear(f.noRefresh)
+	}
+	f.noRefresh[key] = true
+}
+
+// tracked reports whether the authorization under key gets no refresh
+// token.
+func (f *Injector) tracked(key string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.noRefresh[key]
+}
+
 // ServeHTTP serves the authorization server, with the faults that are set.
 func (f *Injector) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.mu.Lock()
+	openID := f.openIDOffline
+	f.mu.Unlock()
+	if openID && (r.Method != http.MethodPost || r.URL.Path != f.tokenPath) {
+		f.serveOpenID(w, r)
+		return
+	}
 	if r.Method != http.MethodPost || r.URL.Path != f.tokenPath {
 		f.as.ServeHTTP(w, r)
 		return
@@ -123,24 +178,88 @@ func (f *Injector) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &oauth.Error{Code: code, Description: "injected fault", StatusCode: status})
 		return
 	}
-	if refuse && grantType(r) == oauth.GrantTypeRefreshToken {
+	form := tokenForm(r)
+	if refuse && form.Get("grant_type") == oauth.GrantTypeRefreshToken {
 		f.log.Info("refresh refused by fault injection")
 		writeError(w, oauth.NewError(oauth.ErrorInvalidGrant, "the refresh token was refused (injected fault)"))
+		return
+	}
+	if form.Get("grant_type") == oauth.GrantTypeAuthorizationCode && f.tracked("code:"+form.Get("code")) {
+		f.withoutRefreshToken(w, r)
 		return
 	}
 	f.as.ServeHTTP(w, r)
 }
 
-// grantType returns the grant_type of a token request, leaving its body
-// readable for the authorization server.
-func grantType(r *http.Request) string {
+// serveOpenID serves a request other than a token request while
+// OpenIDOfflineAccess is on: it notes the authorization requests that ask
+// for offline_access without prompt=consent (by state), and the codes the
+// server then issues for them (from the redirect's Location).
+func (f *Injector) serveOpenID(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == f.authorizePath {
+		q := r.URL.Query()
+		if slices.Contains(oauth.ParseScope(q.Get("scope")), oauth.ScopeOfflineAccess) && q.Get("prompt") != "consent" && q.Get("state") != "" {
+			f.track("state:" + q.Get("state"))
+		}
+	}
+	f.as.ServeHTTP(&codeWatcher{ResponseWriter: w, f: f}, r)
+}
+
+// codeWatcher passes a response through, noting the code of a redirect
+// that ends an authorization OpenIDOfflineAccess tracks.
+type codeWatcher struct {
+	http.ResponseWriter
+	f *Injector
+}
+
+func (c *codeWatcher) WriteHeader(status int) {
+	if loc := c.Header().Get("Location"); loc != "" {
+		if u, err := url.Parse(loc); err == nil {
+			q := u.Query()
+			if code, state := q.Get("code"), q.Get("state"); code != "" && c.f.tracked("state:"+state) {
+				c.f.track("code:" + code)
+			}
+		}
+	}
+	c.ResponseWriter.WriteHeader(status)
+}
+
+func (c *codeWatcher) Unwrap() http.ResponseWriter { return c.ResponseWriter }
+
+// withoutRefreshToken serves a code exchange and drops the refresh token
+// from a successful answer.
+func (f *Injector) withoutRefreshToken(w http.ResponseWriter, r *http.Request) {
+	rec := httptest.NewRecorder()
+	f.as.ServeHTTP(rec, r)
+	body := rec.Body.Bytes()
+	if rec.Code == http.StatusOK {
+		var m map[string]any
+		if err := json.Unmarshal(body, &m); err == nil {
+			delete(m, "refresh_token")
+			if b, err := json.Marshal(m); err == nil {
+				body = b
+				f.log.Info("refresh token withheld: offline_access without prompt=consent")
+			}
+		}
+	}
+	for k, v := range rec.Header() {
+		w.Header()[k] = v
+	}
+	w.Header().Del("Content-Length")
+	w.WriteHeader(rec.Code)
+	w.Write(body)
+}
+
+// tokenForm returns the form of a token request, leaving its body readable
+// for the authorization server.
+func tokenForm(r *http.Request) url.Values {
 	body, err := io.ReadAll(io.LimitReader(r.Body, maxFormBytes+1))
 	r.Body = io.NopCloser(io.MultiReader(bytes.NewReader(body), r.Body))
 	if err != nil {
-		return ""
+		return nil
 	}
 	form, _ := url.ParseQuery(string(body))
-	return form.Get("grant_type")
+	return form
 }
 
 // writeError answers as the token endpoint does, CORS header included.
