@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -460,5 +461,132 @@ func (c *streamCutter) cut() {
 	defer c.mu.Unlock()
 	for _, cancel := range c.cancels {
 		cancel()
+	}
+}
+
+// rfAuthorizer is a HeadlessAuthorizer that counts its sign-ins, records
+// the authorization URLs and fails while fail is set.
+type rfAuthorizer struct {
+	client.HeadlessAuthorizer
+	mu    sync.Mutex
+	urls  []*url.URL
+	fail  atomic.Bool
+	calls atomic.Int32
+}
+
+var errDeclined = errors.New("the user declined")
+
+func (a *rfAuthorizer) Authorize(ctx context.Context, authURL string) (url.Values, error) {
+	a.calls.Add(1)
+	u, err := url.Parse(authURL)
+	if err != nil {
+		return nil, err
+	}
+	a.mu.Lock()
+	a.urls = append(a.urls, u)
+	a.mu.Unlock()
+	if a.fail.Load() {
+		return nil, errDeclined
+	}
+	return a.HeadlessAuthorizer.Authorize(ctx, authURL)
+}
+
+func (a *rfAuthorizer) last() *url.URL {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if len(a.urls) == 0 {
+		return nil
+	}
+	return a.urls[len(a.urls)-1]
+}
+
+// rfRig is a fixture stack and a Transport with an rfAuthorizer, signed in
+// once, on a fake clock.
+type rfRig struct {
+	t     *testing.T
+	st    *fixture.Stack
+	clock *testclock.Clock
+	authz *rfAuthorizer
+	tr    *client.Transport
+	hooks atomic.Int32
+	mu    sync.Mutex
+	evs   []client.Event
+}
+
+func newRFRig(t *testing.T, cfg client.Config) *rfRig {
+	t.Helper()
+	return newRFRigWith(t, cfg, nil)
+}
+
+// newRFRigWith is newRFRig with setup run on the stack before the sign-in.
+func newRFRigWith(t *testing.T, cfg client.Config, setup func(*fixture.Stack)) *rfRig {
+	t.Helper()
+	r := &rfRig{t: t, st: fixture.New(t, fixture.Options{AccessTokenTTL: 10 * time.Minute}),
+		clock: testclock.New(time.Now()), authz: &rfAuthorizer{}}
+	if setup != nil {
+		setup(r.st)
+	}
+	cfg.Store = &store.Memory{}
+	cfg.Authorizer = r.authz
+	cfg.Now = r.clock.Now
+	cfg.OnNeedsReauth = func(*client.NeedsReauthError) { r.hooks.Add(1) }
+	cfg.OnEvent = func(e client.Event) {
+		r.mu.Lock()
+		r.evs = append(r.evs, e)
+		r.mu.Unlock()
+	}
+	r.tr = client.NewTransport(cfg)
+	if err := r.tr.Authorize(t.Context(), r.st.URL); err != nil {
+		t.Fatalf("sign-in: %v", err)
+	}
+	return r
+}
+
+// call sends one tools/call POST; a nil error means a 200.
+func (r *rfRig) call(id int) error {
+	r.t.Helper()
+	req, _ := http.NewRequestWithContext(r.t.Context(), http.MethodPost, r.st.URL, bytes.NewReader(rpcBody(id)))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := r.tr.RoundTrip(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return errors.New(resp.Status)
+	}
+	return nil
+}
+
+// wait waits for the Transport's background work (a refresh and its hooks).
+func (r *rfRig) wait() {
+	r.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := r.tr.Wait(ctx); err != nil {
+		r.t.Fatalf("Wait: %v", err)
+	}
+}
+
+func (r *rfRig) events(kind client.EventKind) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, e := range r.evs {
+		if e.Kind == kind {
+			n++
+		}
+	}
+	return n
+}
+
+// wantRefused checks that err is the remembered refusal: refresh_rejected
+// with invalid_grant.
+func wantRefused(t *testing.T, err error, what string) {
+	t.Helper()
+	var ne *client.NeedsReauthError
+	if !errors.As(err, &ne) || ne.Reason != client.ReasonRefreshRejected || ne.ErrorCode != "invalid_grant" {
+		t.Fatalf("%s: %v, want needs_reauth refresh_rejected (invalid_grant)", what, err)
 	}
 }

@@ -488,3 +488,81 @@ func TestRule8_FixtureTokenLivesForExpiresIn(t *testing.T) {
 			"the authorization server ends tokens before expires_in says (it once truncated the issue time to the second)", got)
 	}
 }
+
+// TestRule8_AlmostExpiredTokenWaitsForTheRefresh: a token with less than a
+// quarter of the margin left is not sent while the refresh runs: the
+// request waits for the refresh and goes out with the new token, so a
+// healthy session sees no 401 however slow the token endpoint.
+func TestRule8_AlmostExpiredTokenWaitsForTheRefresh(t *testing.T) {
+	gate := newTokenGate(t)
+	r := newRFRig(t, client.Config{Base: gate})
+	g0, err := r.tr.Grant(t.Context(), r.st.URL)
+	if err != nil || g0 == nil {
+		t.Fatalf("grant: %v", err)
+	}
+	gate.armed.Store(true)
+	// 5 s left of a 60 s margin: inside the jittered margin, under its
+	// quarter.
+	r.clock.Advance(10*time.Minute - 5*time.Second)
+	done := make(chan error, 1)
+	go func() { done <- r.call(1) }()
+	hdRecv(t, gate.hit, "the refresh")
+	gate.release()
+	if err := hdRecv(t, done, "the call"); err != nil {
+		t.Fatalf("call: %v", err)
+	}
+	reqs := r.st.Requests()
+	last := reqs[len(reqs)-1]
+	if last.Token == g0.AccessToken {
+		t.Errorf("the almost expired token was sent while the refresh ran; want the refreshed one")
+	}
+	if n := r.st.Unauthorized(); n != 0 {
+		t.Errorf("401s = %d, want 0", n)
+	}
+}
+
+// TestRule8_NoProactiveRefreshSlipsPastTheBackoff: after a proactive
+// refresh found the authorization server unavailable, no other proactive
+// refresh starts while the backoff lasts, however many requests race for
+// it: the backoff check and the start of a refresh are one step. The token
+// endpoint answers 503 in-process, so a refresh ends about as fast as a
+// request can check the backoff, which opens the race the test looks for.
+func TestRule8_NoProactiveRefreshSlipsPastTheBackoff(t *testing.T) {
+	var armed atomic.Bool
+	var tokenHits atomic.Int32
+	base := ccRoundTripFunc(func(r *http.Request) (*http.Response, error) {
+		if armed.Load() && strings.HasSuffix(r.URL.Path, "/token") {
+			tokenHits.Add(1)
+			return &http.Response{StatusCode: http.StatusServiceUnavailable, Request: r,
+				Header: http.Header{"Content-Type": {"application/json"}},
+				Body:   io.NopCloser(strings.NewReader(`{"error":"temporarily_unavailable"}`))}, nil
+		}
+		return http.DefaultTransport.RoundTrip(r)
+	})
+	r := newRFRig(t, client.Config{Base: base, RefreshBackoff: time.Hour})
+	armed.Store(true)
+	// Inside the margin, far from expiry: every request may start a
+	// background refresh, and none waits for one.
+	r.clock.Advance(10*time.Minute - 50*time.Second)
+	const workers, calls = 8, 40
+	var wg sync.WaitGroup
+	errs := make(chan error, workers*calls)
+	for w := range workers {
+		wg.Go(func() {
+			for i := range calls {
+				if err := r.call(w*calls + i); err != nil {
+					errs <- err
+				}
+			}
+		})
+	}
+	wg.Wait()
+	r.wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("call: %v", err)
+	}
+	if n := tokenHits.Load(); n != 1 {
+		t.Errorf("token requests = %d, want 1: a proactive refresh started past the backoff", n)
+	}
+}

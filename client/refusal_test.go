@@ -10,10 +10,13 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/evergrant/evergrant/client"
 	"github.com/evergrant/evergrant/internal/fixture"
+	"github.com/evergrant/evergrant/internal/testclock"
 	"github.com/evergrant/evergrant/oauth"
 	"github.com/evergrant/evergrant/store"
 )
@@ -36,8 +39,10 @@ func TestRule3_InvalidGrantDiscardsRefreshTokenAndFiresHookOnce(t *testing.T) {
 		if i == 0 && (ne.Reason != client.ReasonRefreshRejected || ne.ErrorCode != "invalid_grant" || ne.Issuer != r.st.Issuer || len(ne.Scopes) == 0) {
 			t.Errorf("first error %+v", ne)
 		}
-		if i > 0 && ne.Reason != client.ReasonNoRefreshToken {
-			t.Errorf("call %d reason %q, want %q", i, ne.Reason, client.ReasonNoRefreshToken)
+		// The grant stays refused: later calls get the same reason and
+		// OAuth error, not a bare no_refresh_token.
+		if i > 0 && (ne.Reason != client.ReasonRefreshRejected || ne.ErrorCode != "invalid_grant") {
+			t.Errorf("call %d reason %q (%q), want %q (invalid_grant)", i, ne.Reason, ne.ErrorCode, client.ReasonRefreshRejected)
 		}
 	}
 	if n := r.st.Refreshes(); n != 1 {
@@ -103,5 +108,106 @@ func TestRule3_InvalidClientForgetsTheRegistration(t *testing.T) {
 	}
 	if _, err := ms.LoadRegistration(ctx, as.URL, "http://127.0.0.1/callback"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("the stale registration is still stored: %v", err)
+	}
+}
+
+// TestRule3_RefusedGrantStaysRefusedUntilSignIn: once the authorization
+// server refused the refresh, by a request's refresh or by a background
+// one, every later request fails with that refusal (same reason and OAuth
+// error), sends no token, starts no sign-in, and OnNeedsReauth fires once;
+// an explicit Authorize ends it.
+func TestRule3_RefusedGrantStaysRefusedUntilSignIn(t *testing.T) {
+	for _, background := range []bool{false, true} {
+		name := map[bool]string{false: "request", true: "background"}[background]
+		t.Run(name, func(t *testing.T) {
+			r := newRFRig(t, client.Config{})
+			r.st.Faults().RefuseRefresh(true)
+			if background {
+				// Within the refresh margin, still valid: the request goes
+				// out with its token and the refresh, in the background,
+				// meets the refusal.
+				r.clock.Advance(10*time.Minute - 30*time.Second)
+				if err := r.call(1); err != nil {
+					t.Fatalf("call 1 with a still valid token: %v", err)
+				}
+				r.wait()
+			} else {
+				// Expired: the request's refresh meets the refusal.
+				r.clock.Advance(10*time.Minute + time.Second)
+				wantRefused(t, r.call(1), "call 1")
+			}
+			if n := r.st.Refreshes(); n != 1 {
+				t.Fatalf("refresh grants = %d, want 1", n)
+			}
+			sent := len(r.st.Requests())
+			for id := 2; id <= 4; id++ {
+				wantRefused(t, r.call(id), "a later call")
+				if id == 3 {
+					// Past the kept token's expiry too.
+					r.clock.Advance(time.Hour)
+				}
+			}
+			if n := len(r.st.Requests()) - sent; n != 0 {
+				t.Errorf("the MCP server received %d requests after the refusal, want none (no dead token sent)", n)
+			}
+			if n := r.authz.calls.Load(); n != 1 {
+				t.Errorf("interactive sign-ins = %d, want 1 (the first): none may start implicitly", n)
+			}
+			if n := r.st.Refreshes(); n != 1 {
+				t.Errorf("refresh grants = %d, want 1", n)
+			}
+			if n := r.hooks.Load(); n != 1 {
+				t.Errorf("OnNeedsReauth fired %d times, want 1", n)
+			}
+			// An explicit sign-in ends the refusal.
+			r.st.Faults().RefuseRefresh(false)
+			if err := r.tr.Authorize(t.Context(), r.st.URL); err != nil {
+				t.Fatalf("Authorize: %v", err)
+			}
+			if err := r.call(5); err != nil {
+				t.Fatalf("call after a new sign-in: %v", err)
+			}
+		})
+	}
+}
+
+// TestRule3_RefusalEndsWithAnotherProcessesSignIn: a sign-in saved to the
+// shared store by another process (evergrant login beside a running
+// bridge) ends the refusal, without a sign-in here.
+func TestRule3_RefusalEndsWithAnotherProcessesSignIn(t *testing.T) {
+	st := fixture.New(t, fixture.Options{AccessTokenTTL: 10 * time.Minute})
+	clock := testclock.New(time.Now())
+	shared := &store.Memory{}
+	var hooks atomic.Int32
+	tr := client.NewTransport(client.Config{Store: shared, Authorizer: &client.HeadlessAuthorizer{}, Now: clock.Now,
+		OnNeedsReauth: func(*client.NeedsReauthError) { hooks.Add(1) }})
+	if err := tr.Authorize(t.Context(), st.URL); err != nil {
+		t.Fatal(err)
+	}
+	st.Faults().RefuseRefresh(true)
+	clock.Advance(10*time.Minute + time.Second)
+	call := func(id int) error {
+		req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, st.URL, bytes.NewReader(rpcBody(id)))
+		resp, err := tr.RoundTrip(req)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return errors.New(resp.Status)
+		}
+		return nil
+	}
+	wantRefused(t, call(1), "call 1")
+	st.Faults().RefuseRefresh(false)
+	other := client.NewTransport(client.Config{Store: shared, Authorizer: &client.HeadlessAuthorizer{}, Now: clock.Now})
+	if err := other.Authorize(t.Context(), st.URL); err != nil {
+		t.Fatal(err)
+	}
+	if err := call(2); err != nil {
+		t.Fatalf("call after another process signed in: %v", err)
+	}
+	if s := tr.Stats(); s.Authorizations != 1 {
+		t.Errorf("authorizations here = %d, want 1 (the first)", s.Authorizations)
 	}
 }

@@ -244,9 +244,21 @@ func TestSDK_Rule3_RevokedRefreshTokenSurfacesNeedsReauth(t *testing.T) {
 			if hooked.Load() != 1 {
 				t.Errorf("OnNeedsReauth fired %d times, want 1", hooked.Load())
 			}
+			// The grant stays refused: the next call gets the refusal
+			// again and starts no sign-in by itself
+			// (docs/design.md#client-rule-3).
+			err = sdkEcho(t.Context(), cs, "still refused")
+			if ne := checkNeedsReauth(t, err, client.ReasonRefreshRejected); ne.ErrorCode != "invalid_grant" {
+				t.Errorf("error code after the refusal: got %q, want invalid_grant", ne.ErrorCode)
+			}
+			if s := tr.Stats(); s.Authorizations != 1 {
+				t.Errorf("authorizations before the explicit sign-in: got %d, want 1", s.Authorizations)
+			}
 			// The error was a rejected request, not a broken connection:
-			// with an Authorizer, the next call signs in again and the
-			// session goes on.
+			// after an explicit sign-in the same session goes on.
+			if err := tr.Authorize(t.Context(), st.URL); err != nil {
+				t.Fatalf("sign-in: %v", err)
+			}
 			if err := sdkEcho(t.Context(), cs, "after sign-in"); err != nil {
 				t.Fatalf("after sign-in: %v", err)
 			}
@@ -435,11 +447,10 @@ func TestSDK_Rule3_ConnectAfterRevocation(t *testing.T) {
 				cs.Close()
 				t.Fatal("connected on a revoked grant")
 			}
-			want := client.ReasonRefreshRejected
-			if m.proto == sdkProtoLatest {
-				want = client.ReasonNoRefreshToken // the fallback's error
-			}
-			checkNeedsReauth(t, err, want)
+			// Every request after the refusal gets the refusal itself
+			// (docs/design.md#client-rule-3), the SDK's fallback request
+			// included.
+			checkNeedsReauth(t, err, client.ReasonRefreshRejected)
 			ne := checkNeedsReauth(t, rec.Err(err), client.ReasonRefreshRejected)
 			if ne.ErrorCode != "invalid_grant" {
 				t.Errorf("error code: got %q, want invalid_grant", ne.ErrorCode)

@@ -160,3 +160,37 @@ func TestRule6_OnlyPOSTStartsASignIn(t *testing.T) {
 		}
 	}
 }
+
+// TestRule6_FailedStepUpIsAScopeError: a 403 insufficient_scope whose
+// interactive authorization fails surfaces an InsufficientScopeError that
+// wraps the failure, not a NeedsReauthError; the grant still works for all
+// it covers.
+func TestRule6_FailedStepUpIsAScopeError(t *testing.T) {
+	r := newRFRig(t, client.Config{RefreshMargin: -1})
+	r.st.Force(fixture.Forced{Status: http.StatusForbidden,
+		Challenge: `Bearer error="insufficient_scope", scope="files.write", error_description="needs files.write"`})
+	r.authz.fail.Store(true)
+	err := r.call(1)
+	var se *client.InsufficientScopeError
+	if !errors.As(err, &se) {
+		t.Fatalf("step-up declined: %v (%T), want an InsufficientScopeError", err, err)
+	}
+	if errors.Is(err, client.ErrNeedsReauth) {
+		t.Errorf("step-up declined: %v matches ErrNeedsReauth; the grant still works", err)
+	}
+	if !errors.Is(err, client.ErrAuthorization) || !errors.Is(err, errDeclined) {
+		t.Errorf("step-up declined: %v does not wrap the failed authorization", err)
+	}
+	if len(se.Required) != 1 || se.Required[0] != "files.write" {
+		t.Errorf("Required = %q, want [files.write]", se.Required)
+	}
+	if n := r.hooks.Load(); n != 0 {
+		t.Errorf("OnNeedsReauth fired %d times, want 0", n)
+	}
+	if n := r.events(client.EventNeedsReauth); n != 0 {
+		t.Errorf("%d needs_reauth events, want 0", n)
+	}
+	if err := r.call(2); err != nil {
+		t.Fatalf("a call the grant covers after the declined step-up: %v", err)
+	}
+}
