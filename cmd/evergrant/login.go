@@ -181,6 +181,15 @@ Flags:
 		return exitError
 	}
 	info := describeGrant(gr, time.Now())
+	if gr.RefreshToken == "" {
+		// docs/design.md#client-discovery: without a refresh token the
+		// grant ends with its access token; say so once, here.
+		note := "evergrant login: note: the authorization server issued no refresh token: you will be asked to sign in again when the access token expires"
+		if !gr.Expiry.IsZero() {
+			note += " in " + time.Until(gr.Expiry).Round(time.Second).String()
+		}
+		fmt.Fprintln(stderr, note)
+	}
 	if *asJSON {
 		return writeJSON(stdout, stderr, "login", info)
 	}

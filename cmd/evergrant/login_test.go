@@ -251,6 +251,32 @@ func TestLogin_HeadlessThenStatus(t *testing.T) {
 	checkPerms(t, e.dir)
 }
 
+// TestLogin_NoRefreshTokenNote: when the authorization server issues no
+// refresh token, login says, in one line on stderr, that the user will
+// sign in again when the access token expires, and when
+// (docs/design.md#client-discovery).
+func TestLogin_NoRefreshTokenNote(t *testing.T) {
+	e := newCLIEnv(t, stack.Config{Faults: true})
+	e.st.Faults.WithholdRefreshTokens(true)
+	out, errs := e.mustRun(0, "login", e.url)
+	if !strings.Contains(out, "refresh token:  no") {
+		t.Errorf("login output does not say there is no refresh token:\n%s", out)
+	}
+	const note = "evergrant login: note: the authorization server issued no refresh token: you will be asked to sign in again when the access token expires in "
+	if n := strings.Count(errs, note); n != 1 {
+		t.Errorf("login stderr has the note %d times, want once:\n%s", n, errs)
+	}
+	if g := e.grant(); g == nil || g.RefreshToken != "" {
+		t.Fatalf("stored grant: want one without a refresh token")
+	}
+	// With a refresh token, no note.
+	e.st.Faults.WithholdRefreshTokens(false)
+	_, errs = e.mustRun(0, "login", e.url)
+	if strings.Contains(errs, "issued no refresh token") {
+		t.Errorf("login with a refresh token printed the note:\n%s", errs)
+	}
+}
+
 // --no-browser prints exactly one "open: <URL>" line on stderr and waits;
 // opening that URL (here with a plain HTTP client) completes the sign-in.
 // This runs without the test hook, as a person or a browser test would.

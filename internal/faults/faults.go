@@ -56,6 +56,8 @@ type Injector struct {
 	// token.
 	openIDOffline bool
 	noRefresh     map[string]bool
+	// withhold is set by WithholdRefreshTokens.
+	withhold bool
 }
 
 // maxTracked bounds the authorizations OpenIDOfflineAccess remembers.
@@ -125,6 +127,15 @@ func (f *Injector) OpenIDOfflineAccess(on bool) {
 	clear(f.noRefresh)
 }
 
+// WithholdRefreshTokens makes every code exchange answer without a refresh
+// token while on is true, as an authorization server that issues none
+// would (the server keeps the one it issued; the client never sees it).
+func (f *Injector) WithholdRefreshTokens(on bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.withhold = on
+}
+
 // track remembers that the authorization under key (a state, then a code)
 // gets no refresh token.
 func (f *Injector) track(key string) {
@@ -184,7 +195,10 @@ func (f *Injector) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, oauth.NewError(oauth.ErrorInvalidGrant, "the refresh token was refused (injected fault)"))
 		return
 	}
-	if form.Get("grant_type") == oauth.GrantTypeAuthorizationCode && f.tracked("code:"+form.Get("code")) {
+	f.mu.Lock()
+	withhold := f.withhold
+	f.mu.Unlock()
+	if form.Get("grant_type") == oauth.GrantTypeAuthorizationCode && (withhold || f.tracked("code:"+form.Get("code"))) {
 		f.withoutRefreshToken(w, r)
 		return
 	}
