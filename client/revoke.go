@@ -63,10 +63,9 @@ func Revoke(ctx context.Context, hc *http.Client, g *store.Grant) (Revoked, erro
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		}
 	}
-	auth := oauth.ClientAuth{ID: g.ClientID, Secret: g.ClientSecret, Method: g.AuthMethod}
 	var first error
 	if g.RefreshToken != "" {
-		err := revokeToken(ctx, hc, g.RevocationEndpoint, auth, g.RefreshToken, "refresh_token")
+		err := revokeToken(ctx, hc, g, g.RefreshToken, "refresh_token")
 		if err == nil {
 			done.RefreshToken = true
 		} else {
@@ -74,7 +73,7 @@ func Revoke(ctx context.Context, hc *http.Client, g *store.Grant) (Revoked, erro
 		}
 	}
 	if g.AccessToken != "" && (g.Expiry.IsZero() || time.Now().Before(g.Expiry)) {
-		err := revokeToken(ctx, hc, g.RevocationEndpoint, auth, g.AccessToken, "access_token")
+		err := revokeToken(ctx, hc, g, g.AccessToken, "access_token")
 		var oe *oauth.Error
 		switch {
 		case err == nil:
@@ -89,9 +88,12 @@ func Revoke(ctx context.Context, hc *http.Client, g *store.Grant) (Revoked, erro
 	return done, first
 }
 
-// revokeToken is one RFC 7009 revocation request.
-func revokeToken(ctx context.Context, hc *http.Client, endpoint string, auth oauth.ClientAuth, token, hint string) error {
-	req, err := oauth.NewFormRequest(ctx, endpoint, url.Values{"token": {token}, "token_type_hint": {hint}}, auth)
+// revokeToken is one RFC 7009 revocation request for token, one of g's,
+// at g's revocation endpoint with the client authentication of g's
+// registration.
+func revokeToken(ctx context.Context, hc *http.Client, g *store.Grant, token, hint string) error {
+	auth := oauth.ClientAuth{ID: g.ClientID, Secret: g.ClientSecret, Method: g.AuthMethod}
+	req, err := oauth.NewFormRequest(ctx, g.RevocationEndpoint, url.Values{"token": {token}, "token_type_hint": {hint}}, auth)
 	if err != nil {
 		return err
 	}

@@ -47,6 +47,9 @@ func TestToolsAndCall_Lifecycle(t *testing.T) {
 	g0 := e.grant()
 
 	out, errs := e.mustRun(0, "tools", e.url)
+	if errs != "" {
+		t.Errorf("tools stderr:\n%s", errs)
+	}
 	if !regexpLine(out, `^NAME\s+DESCRIPTION$`) || !regexpLine(out, `^whoami\s+Who the caller is`) || !regexpLine(out, `^upstream_search\s+Search the upstream`) {
 		t.Errorf("tools:\n%s", out)
 	}

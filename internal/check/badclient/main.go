@@ -279,19 +279,17 @@ func (c *client) refreshGrant(ctx context.Context) error {
 
 // token posts to the token endpoint and keeps the tokens of the answer.
 func (c *client) token(ctx context.Context, form url.Values) error {
-	// The fault of wrong-client-auth: Basic on the refresh, though the
-	// client registered client_secret_post.
-	basic := c.clientSecret != "" && c.mode == "wrong-client-auth" && form.Get("grant_type") == "refresh_token"
-	if !basic {
-		form.Set("client_id", c.clientID)
-		if c.clientSecret != "" {
-			form.Set("client_secret", c.clientSecret)
-		}
+	// The client registered client_secret_post (or none, without a
+	// secret). The fault of wrong-client-auth: Basic on the refresh.
+	auth := oauth.ClientAuth{ID: c.clientID, Secret: c.clientSecret, Method: oauth.AuthMethodClientSecretPost}
+	if c.clientSecret == "" {
+		auth.Method = oauth.AuthMethodNone
+	} else if c.mode == "wrong-client-auth" && form.Get("grant_type") == "refresh_token" {
+		auth.Method = oauth.AuthMethodClientSecretBasic
 	}
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, c.as.TokenEndpoint, strings.NewReader(form.Encode()))
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	if basic {
-		req.SetBasicAuth(url.QueryEscape(c.clientID), url.QueryEscape(c.clientSecret))
+	req, err := oauth.NewFormRequest(ctx, c.as.TokenEndpoint, form, auth)
+	if err != nil {
+		return err
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
