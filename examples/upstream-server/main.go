@@ -43,10 +43,6 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	requireToken, err := server.RequireToken(server.Config{Resource: resource, Verifier: verifier, Logger: logger})
-	if err != nil {
-		log.Fatal(err)
-	}
 
 	// The MCP server (its tools signal expiry with server.TokenExpired),
 	// answering with JSON so a signal can always still change the status.
@@ -54,17 +50,17 @@ func main() {
 	handler := mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return mcpServer },
 		&mcp.StreamableHTTPOptions{JSONResponse: true})
 
+	// The endpoint at /mcp behind the bearer middleware, its metadata at
+	// the well-known paths, and the tool signals on mcpServer.
 	mux := http.NewServeMux()
-	mux.Handle("/mcp", requireToken(handler))
-	prm := server.MetadataHandler(oauth.ProtectedResourceMetadata{
-		Resource: resource, AuthorizationServers: []string{*issuer}, BearerMethodsSupported: []string{"header"},
+	err = server.Protect(mux, mcpServer, handler, server.Config{
+		Resource: resource,
+		Verifier: verifier,
+		Logger:   logger,
+		Metadata: oauth.ProtectedResourceMetadata{AuthorizationServers: []string{*issuer}},
 	})
-	paths, err := server.MetadataPaths(resource)
 	if err != nil {
 		log.Fatal(err)
-	}
-	for _, p := range paths {
-		mux.Handle(p, prm)
 	}
 	logger.Info("serving", "mcp", resource)
 	srv := &http.Server{Addr: *listen, Handler: mux, ReadHeaderTimeout: 10 * time.Second}

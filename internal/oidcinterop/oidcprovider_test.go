@@ -45,8 +45,8 @@ const (
 
 // TestOIDCProvider runs evergrant against oidc-provider: an MCP server whose
 // JWT access tokens are checked with server.JWTVerifier and one whose opaque
-// tokens are checked with server.IntrospectionVerifier, both behind
-// server.RequireToken, and clients of the official Go SDK on a
+// tokens are checked with server.IntrospectionVerifier, both protected
+// with server.Protect, and clients of the official Go SDK on a
 // client.Transport with a store.File, signing in with a FormAuthorizer.
 // Each subtest has its own user agent, client registration and grant.
 func TestOIDCProvider(t *testing.T) {
@@ -118,7 +118,7 @@ func TestOIDCProvider(t *testing.T) {
 }
 
 // mcpServer is an MCP server of the official Go SDK with one tool, whoami,
-// behind server.RequireToken. It records, by client, which access tokens
+// protected with server.Protect. It records, by client, which access tokens
 // (their SHA-256) it accepted.
 type mcpServer struct {
 	URL string
@@ -142,22 +142,13 @@ func (m *mcpServer) start(t *testing.T, issuer string, v server.Verifier) {
 	srv := mcp.NewServer(&mcp.Implementation{Name: "evergrant-oidc-interop", Version: "1"}, nil)
 	mcp.AddTool(srv, &mcp.Tool{Name: "whoami", Description: "says who the access token is for"}, whoamiTool)
 	sdk := mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return srv }, nil)
-	requireToken, err := server.RequireToken(server.Config{Resource: m.URL, Verifier: v, Scopes: []string{mcpScope}})
-	if err != nil {
-		t.Fatal(err)
-	}
 	mux := http.NewServeMux()
-	mux.Handle("/mcp", requireToken(m.record(sdk)))
-	prm := server.MetadataHandler(oauth.ProtectedResourceMetadata{
-		Resource: m.URL, AuthorizationServers: []string{issuer}, ScopesSupported: []string{mcpScope},
-		BearerMethodsSupported: []string{"header"},
+	err := server.Protect(mux, srv, m.record(sdk), server.Config{
+		Resource: m.URL, Verifier: v, Scopes: []string{mcpScope},
+		Metadata: oauth.ProtectedResourceMetadata{AuthorizationServers: []string{issuer}},
 	})
-	paths, err := server.MetadataPaths(m.URL)
 	if err != nil {
 		t.Fatal(err)
-	}
-	for _, p := range paths {
-		mux.Handle(p, prm)
 	}
 	m.ts.Config.Handler = mux
 	m.ts.Start()

@@ -3,9 +3,8 @@
 // together. On the listener:
 //
 //   - the embedded authorization server (package authserver) at the root;
-//   - the MCP endpoint at /mcp behind the bearer middleware
-//     (server.RequireToken), with its protected resource metadata at the
-//     well-known paths;
+//   - the MCP endpoint at /mcp behind the bearer middleware, with its
+//     protected resource metadata at the well-known paths (server.Protect);
 //   - the fake upstream API of internal/upstream at /upstream/search.
 //
 // `evergrant serve` and `evergrant demo` run it with the example MCP
@@ -204,24 +203,31 @@ func New(cfg Config) (*Stack, error) {
 			return nil, fmt.Errorf("verifier: %w", err)
 		}
 	}
-	mw, err := server.RequireToken(server.Config{
-		Resource: s.MCPURL, ResourceMetadataURL: s.MetadataURL, Verifier: verifier,
-		Logger: logger.With("component", "mcp"),
-	})
-	if err != nil {
-		return nil, err
-	}
+	// Protect mounts the MCP endpoint and its metadata on a mux of their
+	// own, so that WrapMCP can stand in front of the bearer middleware.
 	mcpHandler := cfg.Handler
+	var mcpSrv *mcp.Server // nil with cfg.Handler: its servers are the caller's
 	if mcpHandler == nil {
-		mcpSrv := upstream.NewMCPServer(s.UpstreamURL, nil)
+		mcpSrv = upstream.NewMCPServer(s.UpstreamURL, nil)
 		mcpHandler = mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return mcpSrv },
 			&mcp.StreamableHTTPOptions{JSONResponse: cfg.JSONResponse, Logger: logger.With("component", "mcp-sdk"),
 				// Sessions a client abandoned (for example after its grant was
 				// revoked, its closing DELETE is refused) end on their own.
 				SessionTimeout: 30 * time.Minute})
 	}
-	protected := mw(mcpHandler)
-
+	rs := http.NewServeMux()
+	err = server.Protect(rs, mcpSrv, mcpHandler, server.Config{
+		Resource: s.MCPURL,
+		Verifier: verifier,
+		Logger:   logger.With("component", "mcp"),
+		Metadata: oauth.ProtectedResourceMetadata{
+			AuthorizationServers: []string{cfg.BaseURL}, ScopesSupported: scopes[:1], ResourceName: cfg.ResourceName,
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	var protected http.Handler = rs
 	if cfg.WrapAuthServer != nil {
 		asHandler = cfg.WrapAuthServer(asHandler)
 	}
@@ -232,17 +238,9 @@ func New(cfg Config) (*Stack, error) {
 	mux.Handle("/", asHandler)
 	mux.Handle(MCPPath, protected)
 	mux.Handle(SearchPath, s.Upstream)
-	prm := server.MetadataHandler(oauth.ProtectedResourceMetadata{
-		Resource: s.MCPURL, AuthorizationServers: []string{cfg.BaseURL}, ScopesSupported: scopes[:1],
-		BearerMethodsSupported: []string{"header"}, ResourceName: cfg.ResourceName,
-	})
-	paths, err := server.MetadataPaths(s.MCPURL)
-	if err != nil {
-		return nil, err
-	}
-	for _, p := range paths {
-		mux.Handle(p, prm)
-	}
+	// The well-known paths Protect serves the metadata at (RFC 9728 §3.1).
+	mux.Handle(oauth.WellKnownProtectedResource+MCPPath, rs)
+	mux.Handle(oauth.WellKnownProtectedResource, rs)
 	s.Handler = mux
 	return s, nil
 }

@@ -47,15 +47,18 @@ type WhoamiOutput struct {
 }
 
 // NewMCPServer returns the MCP server with the tools whoami,
-// upstream_search and save_note (which needs NotesScope); searchURL is the upstream's search endpoint. hc sends
-// the upstream requests (nil: a client with a 10s timeout).
+// upstream_search and save_note (which needs NotesScope); searchURL is the
+// upstream's search endpoint. hc sends the upstream requests (nil: a client
+// with a 10s timeout).
+//
+// Serve it with server.Protect, given the server itself: Protect adds the
+// middleware that turns its tools' signals into 401 and 403 answers on the
+// HTTP response. Without it, a signal is an ordinary tool error.
 func NewMCPServer(searchURL string, hc *http.Client) *mcp.Server {
 	if hc == nil {
 		hc = &http.Client{Timeout: 10 * time.Second}
 	}
 	srv := mcp.NewServer(&mcp.Implementation{Name: "evergrant-example", Version: "0.1.0"}, nil)
-	// Tool signals become 401/403 on the HTTP response (with RequireToken).
-	srv.AddReceivingMiddleware(server.Signals(0))
 
 	mcp.AddTool(srv, &mcp.Tool{Name: "whoami", Description: "Who the caller is: subject, client and scopes of the access token."},
 		func(ctx context.Context, req *mcp.CallToolRequest, _ struct{}) (*mcp.CallToolResult, WhoamiOutput, error) {
