@@ -9,26 +9,6 @@ import (
 	"github.com/evergrant/evergrant/oauth"
 )
 
-// MetadataHandler serves an RFC 9728 protected resource metadata document,
-// with CORS for GET so browser-based clients can discover it.
-//
-// Use Protect, which serves the metadata of Config.Metadata at the paths
-// of MetadataPaths. MetadataHandler is kept only until the repository's
-// last callers have moved to Protect.
-func MetadataHandler(md oauth.ProtectedResourceMetadata) http.Handler {
-	return metadataHandler(md)
-}
-
-// MetadataPaths returns the paths at which the metadata of resource is
-// served: the path-inserted well-known path (RFC 9728 §3.1) and, for a
-// resource with a path, the root one that clients try next.
-//
-// Use Protect, which mounts the metadata at these paths. MetadataPaths is
-// kept only until the repository's last callers have moved to Protect.
-func MetadataPaths(resource string) ([]string, error) {
-	return metadataPaths(resource)
-}
-
 // metadataHandler serves an RFC 9728 protected resource metadata document,
 // with CORS for GET so browser-based clients can discover it
 // (docs/design.md#server-rule-9).

@@ -21,11 +21,11 @@ import (
 )
 
 // signalCode is the JSON-RPC error code a tool signal travels with from
-// the mcp.Server (Signals) to the HTTP layer (the holder). It is in the
-// range JSON-RPC leaves to implementations and clear of the codes MCP and
-// the Go SDK use (-32000, -32001, -32020…-32022, -32042). It is one
-// constant, not a setting, so the two ends cannot disagree
-// (docs/design.md#signal-rule-3).
+// the mcp.Server (the middleware signals, which Protect adds to it) to the
+// HTTP layer (the holder). It is in the range JSON-RPC leaves to
+// implementations and clear of the codes MCP and the Go SDK use (-32000,
+// -32001, -32020…-32022, -32042). It is one constant, not a setting, so the
+// two ends cannot disagree (docs/design.md#signal-rule-3).
 const signalCode = -32060
 
 // Config configures Protect.
@@ -40,11 +40,6 @@ type Config struct {
 	// one is an error). Empty ScopesSupported means Scopes, and empty
 	// BearerMethodsSupported means "header", the only method accepted.
 	Metadata oauth.ProtectedResourceMetadata
-	// ResourceMetadataURL is advertised in every challenge (RFC 9728 §5.1)
-	// by RequireToken; empty means the path-inserted well-known URL of
-	// Resource. Protect serves the metadata at that URL and advertises it,
-	// and refuses any other value here. It goes away with RequireToken.
-	ResourceMetadataURL string
 	// Verifier checks tokens. Required.
 	Verifier Verifier
 	// Scopes are required of every request; a token lacking one gets 403
@@ -88,22 +83,6 @@ type middleware struct {
 // maxRejected bounds the set of tokens marked rejected by a late signal.
 const maxRejected = 100000
 
-// RequireToken returns the bearer middleware of Protect on its own: it
-// admits only requests with a valid bearer token for cfg.Resource and turns
-// tool signals into 401 or 403 answers, but mounts nothing and serves no
-// metadata. cfg.Metadata is ignored.
-//
-// Use Protect, which also serves the protected resource metadata the
-// challenges point to and adds Signals to the mcp.Server. RequireToken is
-// kept only until the repository's last callers have moved to Protect.
-func RequireToken(cfg Config) (func(http.Handler) http.Handler, error) {
-	m, err := newMiddleware(cfg)
-	if err != nil {
-		return nil, err
-	}
-	return m.wrap, nil
-}
-
 // newMiddleware checks cfg and returns the bearer middleware for it, which
 // admits only requests with a valid bearer token for cfg.Resource and
 // answers the others with the challenges of RFC 6750 §3 and RFC 9728 §5.1
@@ -134,11 +113,10 @@ func newMiddleware(cfg Config) (*middleware, error) {
 	}
 	cfg.Resource = res
 	m := &middleware{cfg: cfg, log: cfg.Logger, now: cfg.Now, rejected: map[string]time.Time{}}
-	m.metadata = cfg.ResourceMetadataURL
-	if m.metadata == "" {
-		if m.metadata, err = oauth.ProtectedResourceMetadataURL(res); err != nil {
-			return nil, fmt.Errorf("server: %w", err)
-		}
+	// Every challenge names the path-inserted metadata URL, where Protect
+	// serves the document (RFC 9728 §5.1, docs/design.md#server-rule-9).
+	if m.metadata, err = oauth.ProtectedResourceMetadataURL(res); err != nil {
+		return nil, fmt.Errorf("server: %w", err)
 	}
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)

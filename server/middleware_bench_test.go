@@ -35,14 +35,14 @@ func benchServe(b *testing.B, h http.Handler, auth bool) {
 	}
 }
 
-// BenchmarkHandlerWithoutAuth is the baseline of BenchmarkRequireToken:
+// BenchmarkHandlerWithoutAuth is the baseline of BenchmarkProtect:
 // the same handler, no middleware.
 func BenchmarkHandlerWithoutAuth(b *testing.B) { benchServe(b, benchHandler(), false) }
 
-// BenchmarkRequireToken is the middleware's own overhead (the verifier is
+// BenchmarkProtect is the middleware's own overhead (the verifier is
 // an in-memory function, so token cryptography is not counted; see
 // BenchmarkJWTVerify for that): header parsing, the SDK's TokenInfo
 // hand-over, and the response holder of POSTs.
-func BenchmarkRequireToken(b *testing.B) {
+func BenchmarkProtect(b *testing.B) {
 	benchServe(b, protect(b, server.Config{}, benchHandler()), true)
 }

@@ -190,7 +190,7 @@ func TestUnavailable_RetryAfter(t *testing.T) {
 // middleware answers 503 with Retry-After until the refetch is allowed
 // (not 401 invalid_token, on which the client would refresh and then sign
 // the user in again), and then admits it.
-func TestRequireToken_KeyRotation503NotInvalidToken(t *testing.T) {
+func TestProtect_KeyRotation503NotInvalidToken(t *testing.T) {
 	clock := newVTClock()
 	e := newVTAS(t, func(c *authserver.Config) { c.Now = clock.Now })
 	v := e.jwtVerifier(func(c *server.JWTConfig) { c.Now = clock.Now; c.RequireATJWT = true })
@@ -226,7 +226,7 @@ func TestRequireToken_KeyRotation503NotInvalidToken(t *testing.T) {
 // The official Go SDK's TokenInfo carries the verified subject as UserID
 // and the verified client_id and issuer in Extra; a claim of the same name
 // among the token's other claims does not override them.
-func TestRequireToken_SDKTokenInfoKeepsVerifiedValues(t *testing.T) {
+func TestProtect_SDKTokenInfoKeepsVerifiedValues(t *testing.T) {
 	clock := newVTClock()
 	c := vtClaims(clock.Now())
 	c["issuer"] = "https://evil.example.test"

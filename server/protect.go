@@ -29,13 +29,15 @@ import (
 //     per origin: if mux already serves it (an earlier Protect for another
 //     resource on the same origin), it is left alone.
 //
-// If srv is not nil, Protect adds Signals to it, so that a tool of srv that
-// returns TokenExpired or InsufficientScope makes the answer to that very
-// request 401 or 403 (docs/design.md#signal-rules). h is normally srv's
-// handler, mcp.NewStreamableHTTPHandler; JSON responses
-// (StreamableHTTPOptions.JSONResponse) let a signal always change the
-// status. srv may be nil for a handler of another MCP library, or whose
-// servers already have Signals.
+// If srv is not nil, Protect adds a receiving middleware to it, so that a
+// tool of srv that returns TokenExpired or InsufficientScope makes the
+// answer to that very request 401 or 403 (docs/design.md#signal-rules).
+// h is normally srv's handler, mcp.NewStreamableHTTPHandler; JSON
+// responses (StreamableHTTPOptions.JSONResponse) let a signal always change
+// the status. srv may be nil for a handler of another MCP library: the
+// bearer middleware and the metadata are the same, and tool signals are
+// ordinary tool errors. Give Protect the one mcp.Server that h serves; the
+// signals of other servers behind h are ordinary tool errors too.
 //
 // Protect returns an error, and mounts nothing, if cfg is incomplete or
 // mux already serves the endpoint or its path-inserted metadata path.
@@ -48,13 +50,6 @@ func Protect(mux *http.ServeMux, srv *mcp.Server, h http.Handler, cfg Config) er
 		return err
 	}
 	res := m.cfg.Resource // canonical
-	wellKnown, err := oauth.ProtectedResourceMetadataURL(res)
-	if err != nil {
-		return fmt.Errorf("server: %w", err)
-	}
-	if m.metadata != wellKnown {
-		return fmt.Errorf("server: Config.ResourceMetadataURL must be empty (Protect serves the metadata at %s)", wellKnown)
-	}
 	md, err := metadataFor(cfg, res)
 	if err != nil {
 		return err

@@ -142,7 +142,6 @@ func TestProtect_ConfigErrors(t *testing.T) {
 		{name: "resource with a fragment", mod: func(c *server.Config) { c.Resource = "https://mcp.example.test/mcp#x" }},
 		{name: "no authorization server", mod: func(c *server.Config) { c.Metadata.AuthorizationServers = nil }},
 		{name: "metadata of another resource", mod: func(c *server.Config) { c.Metadata.Resource = "https://other.example.test/mcp" }},
-		{name: "another metadata URL", mod: func(c *server.Config) { c.ResourceMetadataURL = "https://x.example.test/prm" }},
 		{name: "endpoint already served", mux: func(m *http.ServeMux) { m.Handle("/mcp", http.NotFoundHandler()) }},
 		{name: "metadata already served", mux: func(m *http.ServeMux) {
 			m.Handle("/.well-known/oauth-protected-resource/mcp", http.NotFoundHandler())
@@ -188,34 +187,5 @@ func TestProtect_ConfigErrors(t *testing.T) {
 	json.Unmarshal(serve(mux, http.MethodGet, "/.well-known/oauth-protected-resource/mcp", "").Body.Bytes(), &md)
 	if !slices.Equal(md.AuthorizationServers, []string{testIssuer}) {
 		t.Errorf("the metadata follows the caller's slice: %q", md.AuthorizationServers)
-	}
-}
-
-// The signal code is fixed: Signals takes no other.
-func TestSignals_CodeIsFixed(t *testing.T) {
-	if server.Signals(0) == nil {
-		t.Fatal("Signals(0) = nil")
-	}
-	defer func() {
-		if recover() == nil {
-			t.Error("Signals(-32099) did not panic")
-		}
-	}()
-	server.Signals(-32099)
-}
-
-// RequireToken, kept until its last callers move, is Protect's middleware
-// alone.
-func TestRequireToken_Deprecated(t *testing.T) {
-	mw, err := server.RequireToken(server.Config{Resource: testResource, Verifier: fakeVerifier})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := mw(hello)
-	if rec := serve(h, http.MethodPost, "/anything", "tok-t"); rec.Code != http.StatusOK {
-		t.Errorf("with a token: %d", rec.Code)
-	}
-	if rec := serve(h, http.MethodPost, "/anything", ""); rec.Code != http.StatusUnauthorized {
-		t.Errorf("without a token: %d", rec.Code)
 	}
 }

@@ -34,6 +34,8 @@ type Signal struct {
 	Scopes []string
 }
 
+// Error returns the OAuth error code, the description and the scopes
+// needed, never token material.
 func (s *Signal) Error() string {
 	msg := s.Code
 	if s.Description != "" {
@@ -76,25 +78,12 @@ func (s *Signal) wire() *jsonrpc.Error {
 	return &jsonrpc.Error{Code: signalCode, Message: msg, Data: data}
 }
 
-// Signals returns the receiving middleware for an mcp.Server that catches
-// tool signals before the SDK turns them into an isError result, and
-// answers with a bare JSON-RPC error with the reserved signal code, which
-// the handler Protect mounts turns into the HTTP answer
+// signals is the receiving middleware Protect adds to an mcp.Server: it
+// catches tool signals before the SDK turns them into an isError result,
+// and answers with a bare JSON-RPC error with signalCode, which the holder
+// of the bearer middleware turns into the HTTP answer
 // (docs/design.md#signal-rule-3). It works for tools/call, resources/read
-// and prompts/get. Protect adds it to the mcp.Server it is given; add it
-// yourself only to servers Protect is not given (a handler that makes a
-// server per request).
-//
-// code must be zero: the code is one constant of this package, so the
-// middleware and the HTTP layer cannot disagree. Any other value panics.
-func Signals(code int64) mcp.Middleware {
-	if code != 0 {
-		panic("server: Signals: the signal code is fixed; pass 0")
-	}
-	return signals
-}
-
-// signals is the middleware of Signals.
+// and prompts/get.
 func signals(next mcp.MethodHandler) mcp.MethodHandler {
 	return func(ctx context.Context, method string, req mcp.Request) (mcp.Result, error) {
 		res, err := next(ctx, method, req)

@@ -39,8 +39,8 @@ var modes = []mode{
 type empty struct{}
 
 // newSignalServer serves an official-SDK MCP server with tools that
-// signal, given to Protect (which adds Signals to it), and returns the URL
-// of its endpoint.
+// signal, given to Protect (which adds the signal middleware to it), and
+// returns the URL of its endpoint.
 func newSignalServer(t *testing.T, m mode, cfg server.Config) (endpoint string) {
 	t.Helper()
 	srv := mcp.NewServer(&mcp.Implementation{Name: "signals", Version: "1"}, nil)
@@ -242,6 +242,31 @@ func TestSignals_OrdinaryErrorsUnchanged(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// Given no mcp.Server, Protect adds no signal middleware: a signal is an
+// ordinary tool error, and the token stays good.
+func TestSignals_WithoutServerAreToolErrors(t *testing.T) {
+	srv := mcp.NewServer(&mcp.Implementation{Name: "signals", Version: "1"}, nil)
+	mcp.AddTool(srv, &mcp.Tool{Name: "expire"}, func(context.Context, *mcp.CallToolRequest, empty) (*mcp.CallToolResult, any, error) {
+		return nil, nil, server.TokenExpired("upstream rejected the token")
+	})
+	h := mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return srv },
+		&mcp.StreamableHTTPOptions{Stateless: true, JSONResponse: true})
+	ts := httptest.NewServer(protectServer(t, nil, server.Config{}, h))
+	t.Cleanup(ts.Close)
+	c := &rawClient{t: t, url: ts.URL + "/mcp", token: "tok-t"}
+	c.initialize()
+	for id := range 2 {
+		resp := c.post(callTool("expire", id+1))
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("call %d: status %d, want 200", id+1, resp.StatusCode)
+		}
+		msgs := messages(t, resp)
+		if res, _ := msgs[len(msgs)-1]["result"].(map[string]any); res == nil || res["isError"] != true {
+			t.Fatalf("call %d: %v, want an isError result", id+1, msgs)
+		}
 	}
 }
 
