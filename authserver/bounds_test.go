@@ -17,7 +17,7 @@ import (
 // A full table of pending consent requests drops the oldest instead of
 // refusing new ones, so unauthenticated requests cannot lock users out.
 func TestConsent_FullTableEvictsTheOldest(t *testing.T) {
-	clk := newStepClock()
+	clk := newClock()
 	e, id := consentEnv(t, clk)
 	const limit = 3
 	authserver.SetMaxPending(e.as, limit)

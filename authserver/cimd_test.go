@@ -397,7 +397,7 @@ func TestCIMD_CacheControl(t *testing.T) {
 				}
 				serveDoc(nil)(d, w, r)
 			})
-			clk := newStepClock()
+			clk := newClock()
 			e := cimdEnv(t, func(c *authserver.Config) { c.Now = clk.Now })
 			_, challenge := pkce()
 			e.code(d.url, loopbackRedir, challenge)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/evergrant/evergrant/authserver"
+	"github.com/evergrant/evergrant/internal/testclock"
 )
 
 const csrfCookiePrefix = "evergrant_csrf_"
@@ -24,7 +25,7 @@ func csrfCookie(id string) string {
 
 // consentEnv is a server that shows the consent page, with a registered
 // public client and, when clk is non-nil, a hand-moved clock.
-func consentEnv(t *testing.T, clk *stepClock) (*env, string) {
+func consentEnv(t *testing.T, clk *testclock.Clock) (*env, string) {
 	t.Helper()
 	e := newEnv(t, func(c *authserver.Config) {
 		c.AutoApprove = false
@@ -347,7 +348,7 @@ func TestConsent_ExpiredRequestRefused(t *testing.T) {
 		{2 * time.Hour, false}, // long after: also after the pending-request GC ran
 	} {
 		t.Run(tt.after.String(), func(t *testing.T) {
-			clk := newStepClock()
+			clk := newClock()
 			e, id := consentEnv(t, clk)
 			verifier, challenge := pkce()
 			p := getConsent(t, e, authParams(id, loopbackRedir, challenge))

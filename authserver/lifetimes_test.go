@@ -6,38 +6,21 @@ import (
 	"encoding/json"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/evergrant/evergrant/authserver"
+	"github.com/evergrant/evergrant/internal/testclock"
 )
 
-// stepClock is a clock the test moves by hand; safe for the server's
-// goroutines.
-type stepClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newStepClock() *stepClock {
-	return &stepClock{now: time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)}
-}
-
-func (c *stepClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *stepClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
+// newClock returns a clock the test moves by hand, standing at a fixed
+// time so that the tests' times do not depend on when they run.
+func newClock() *testclock.Clock {
+	return testclock.New(time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC))
 }
 
 // withClock returns a newEnv modifier that installs c and then applies mods.
-func withClock(c *stepClock, mods ...func(*authserver.Config)) func(*authserver.Config) {
+func withClock(c *testclock.Clock, mods ...func(*authserver.Config)) func(*authserver.Config) {
 	return func(cfg *authserver.Config) {
 		cfg.Now = c.Now
 		for _, m := range mods {
@@ -113,7 +96,7 @@ func TestSetAccessTokenTTL(t *testing.T) {
 }
 
 func TestSetAccessTokenTTL_ShortTokenExpires(t *testing.T) {
-	clk := newStepClock()
+	clk := newClock()
 	e := newEnv(t, withClock(clk))
 	id := e.registerPublic(loopbackRedir)
 	e.as.SetAccessTokenTTL(2 * time.Second)
@@ -173,7 +156,7 @@ func TestRefreshReuseGrace(t *testing.T) {
 		{31 * time.Second, true},
 	} {
 		t.Run(tt.after.String(), func(t *testing.T) {
-			clk := newStepClock()
+			clk := newClock()
 			e := newEnv(t, withClock(clk, func(c *authserver.Config) { c.RefreshReuseGrace = grace }))
 			id := e.registerPublic(loopbackRedir)
 			first := e.tokens(id, loopbackRedir)
@@ -228,7 +211,7 @@ func TestRefreshReuseGrace(t *testing.T) {
 // token twice: once inside the window (accepted), once after it (revokes
 // everything, including what the accepted reuse issued).
 func TestRefreshReuseGrace_InsideWindowThenOutside(t *testing.T) {
-	clk := newStepClock()
+	clk := newClock()
 	e := newEnv(t, withClock(clk, func(c *authserver.Config) { c.RefreshReuseGrace = 30 * time.Second }))
 	id := e.registerPublic(loopbackRedir)
 	rt0 := str(e.tokens(id, loopbackRedir), "refresh_token")
@@ -251,7 +234,7 @@ func TestRefreshReuseGrace_InsideWindowThenOutside(t *testing.T) {
 }
 
 func TestRefreshReuseGrace_DefaultOff(t *testing.T) {
-	clk := newStepClock()
+	clk := newClock()
 	e := newEnv(t, withClock(clk))
 	id := e.registerPublic(loopbackRedir)
 	rt0 := str(e.tokens(id, loopbackRedir), "refresh_token")
@@ -268,7 +251,7 @@ func TestRefreshReuseGrace_DefaultOff(t *testing.T) {
 }
 
 func TestLifetimes_AccessAndRefreshTokenTTL(t *testing.T) {
-	clk := newStepClock()
+	clk := newClock()
 	e := newEnv(t, withClock(clk, func(c *authserver.Config) {
 		c.AccessTokenTTL = time.Minute
 		c.RefreshTokenTTL = 10 * time.Minute
@@ -308,7 +291,7 @@ func TestLifetimes_AccessAndRefreshTokenTTL(t *testing.T) {
 }
 
 func TestLifetimes_RefreshTokenJustBeforeExpiry(t *testing.T) {
-	clk := newStepClock()
+	clk := newClock()
 	e := newEnv(t, withClock(clk, func(c *authserver.Config) { c.RefreshTokenTTL = 10 * time.Minute }))
 	id := e.registerPublic(loopbackRedir)
 	rt := str(e.tokens(id, loopbackRedir), "refresh_token")
@@ -331,7 +314,7 @@ func TestLifetimes_AuthorizationCodeExpires(t *testing.T) {
 		{"10s/11s", 10 * time.Second, 11 * time.Second, false},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			clk := newStepClock()
+			clk := newClock()
 			e := newEnv(t, withClock(clk, func(c *authserver.Config) { c.CodeTTL = tt.ttl }))
 			id := e.registerPublic(loopbackRedir)
 			v, c := pkce()

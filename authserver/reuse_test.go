@@ -35,7 +35,7 @@ func TestRefreshReuseGrace_RetiresTheSuccessor(t *testing.T) {
 		{"successor presented after the window", time.Hour},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			clk := newStepClock()
+			clk := newClock()
 			e := newEnv(t, withClock(clk, func(c *authserver.Config) { c.RefreshReuseGrace = grace }))
 			id := e.registerPublic(loopbackRedir)
 			rt0 := str(e.tokens(id, loopbackRedir), "refresh_token")
@@ -80,7 +80,7 @@ func TestRefreshReuseGrace_RetiresTheSuccessor(t *testing.T) {
 // A reuse inside the grace window after the successor was used (the family
 // moved on) is theft, not a lost response: it revokes the grant.
 func TestRefreshReuseGrace_AfterTheSuccessorWasUsed(t *testing.T) {
-	clk := newStepClock()
+	clk := newClock()
 	e := newEnv(t, withClock(clk, func(c *authserver.Config) { c.RefreshReuseGrace = 30 * time.Second }))
 	id := e.registerPublic(loopbackRedir)
 	rt0 := str(e.tokens(id, loopbackRedir), "refresh_token")
