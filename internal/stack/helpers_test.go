@@ -6,21 +6,10 @@ import (
 	"net/http"
 	"net/url"
 	"sync"
-	"sync/atomic"
-	"time"
 
 	"github.com/evergrant/evergrant/authserver"
 	"github.com/evergrant/evergrant/internal/stack"
 )
-
-// clock is a time source the test moves forward (the stack's Config.Now).
-type clock struct{ off atomic.Int64 }
-
-func (c *clock) Now() time.Time          { return time.Now().Add(time.Duration(c.off.Load())) }
-func (c *clock) Advance(d time.Duration) { c.off.Add(int64(d)) }
-
-// NowFunc returns c.Now, for stack.Config.Now.
-func (c *clock) NowFunc() func() time.Time { return c.Now }
 
 // exchange is one POST to the MCP endpoint as the server saw it.
 type exchange struct {

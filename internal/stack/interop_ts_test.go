@@ -19,6 +19,7 @@ import (
 	"github.com/evergrant/evergrant/authserver"
 	"github.com/evergrant/evergrant/internal/nodejs"
 	"github.com/evergrant/evergrant/internal/stack"
+	"github.com/evergrant/evergrant/internal/testclock"
 )
 
 // tsMCPPost is one POST to the MCP endpoint as the script's fetch saw it.
@@ -150,7 +151,7 @@ func TestInteropTypeScriptSDKClient_ExpirySignalRefreshesAndRetries(t *testing.T
 			name = "JSON"
 		}
 		t.Run(name, func(t *testing.T) {
-			clk := &clock{}
+			clk := testclock.New(time.Now())
 			ts := httptest.NewUnstartedServer(nil)
 			base := "http://" + ts.Listener.Addr().String()
 			st, err := stack.New(stack.Config{BaseURL: base, AutoApprove: true, UpstreamTokenMaxAge: 10 * time.Minute,

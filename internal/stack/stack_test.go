@@ -13,6 +13,7 @@ import (
 
 	"github.com/evergrant/evergrant/client"
 	"github.com/evergrant/evergrant/internal/stack"
+	"github.com/evergrant/evergrant/internal/testclock"
 )
 
 // The whole story of docs/design.md#signal-rule-1 and #client-rule-1: the
@@ -26,11 +27,11 @@ func TestStory_UpstreamSignalRecoveredWithSameID(t *testing.T) {
 			name = "JSON"
 		}
 		t.Run(name, func(t *testing.T) {
-			clk := &clock{}
+			clk := testclock.New(time.Now())
 			ts := httptest.NewUnstartedServer(nil)
 			base := "http://" + ts.Listener.Addr().String()
 			st, err := stack.New(stack.Config{BaseURL: base, AutoApprove: true, UpstreamTokenMaxAge: 10 * time.Minute,
-				JSONResponse: jsonResp, Now: clk.NowFunc()})
+				JSONResponse: jsonResp, Now: clk.Now})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -39,7 +40,7 @@ func TestStory_UpstreamSignalRecoveredWithSameID(t *testing.T) {
 			ts.Start()
 			defer ts.Close()
 
-			tr := client.NewTransport(client.Config{Authorizer: &client.HeadlessAuthorizer{}, RefreshMargin: -1, Now: clk.NowFunc()})
+			tr := client.NewTransport(client.Config{Authorizer: &client.HeadlessAuthorizer{}, RefreshMargin: -1, Now: clk.Now})
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
 			cl := mcp.NewClient(&mcp.Implementation{Name: "story", Version: "1"}, nil)
