@@ -25,26 +25,23 @@ import (
 	"github.com/evergrant/evergrant/authserver"
 	"github.com/evergrant/evergrant/client"
 	"github.com/evergrant/evergrant/internal/stack"
+	"github.com/evergrant/evergrant/internal/testclock"
 	"github.com/evergrant/evergrant/oauth"
 	"github.com/evergrant/evergrant/server"
 	"github.com/evergrant/evergrant/store"
 )
 
-// clock is the stack's clock. The bridge runs on the real clock (it has
-// its own Transport), so moving this one makes the server see the bridge's
-// token as expired or old without waiting.
-type clock struct{ off atomic.Int64 }
-
-func (c *clock) Now() time.Time          { return time.Now().Add(time.Duration(c.off.Load())) }
-func (c *clock) Advance(d time.Duration) { c.off.Add(int64(d)) }
-
 // env is the serve stack on httptest, a grant store, and counters of what
 // the servers saw.
+//
+// clk is the stack's clock. The bridge runs on the real clock (it has its
+// own Transport), so moving clk makes the server see the bridge's token as
+// expired or old without waiting.
 type env struct {
 	t   *testing.T
 	st  *stack.Stack
 	ts  *httptest.Server
-	clk *clock
+	clk *testclock.Clock
 	dir string // the grant store, as evergrant's --config-dir
 	url string // the MCP server
 
@@ -60,7 +57,7 @@ type env struct {
 
 func newEnv(t *testing.T, cfg stack.Config) *env {
 	t.Helper()
-	e := &env{t: t, clk: &clock{}, dir: filepath.Join(t.TempDir(), "config")}
+	e := &env{t: t, clk: testclock.New(time.Now()), dir: filepath.Join(t.TempDir(), "config")}
 	e.ts = httptest.NewUnstartedServer(nil)
 	base := "http://" + e.ts.Listener.Addr().String()
 	cfg.BaseURL, cfg.AutoApprove, cfg.Now = base, true, e.clk.Now
