@@ -26,6 +26,7 @@ import (
 	"github.com/evergrant/evergrant/client"
 	"github.com/evergrant/evergrant/internal/bridge"
 	"github.com/evergrant/evergrant/internal/stack"
+	"github.com/evergrant/evergrant/internal/testclock"
 	"github.com/evergrant/evergrant/store"
 )
 
@@ -33,21 +34,17 @@ import (
 // stdio. The bridge's own behaviour (forwarding, sessions, event streams,
 // refusals, errors) is tested in internal/bridge.
 
-// bridgeClock is the stack's clock. The bridge runs on the real clock (it
-// is another process), so moving this one makes the server see the
-// bridge's token as expired or old without waiting.
-type bridgeClock struct{ off atomic.Int64 }
-
-func (c *bridgeClock) Now() time.Time          { return time.Now().Add(time.Duration(c.off.Load())) }
-func (c *bridgeClock) Advance(d time.Duration) { c.off.Add(int64(d)) }
-
 // bridgeEnv is the serve stack on httptest, a grant store, and counters of
 // what the servers saw.
+//
+// clk is the stack's clock. The bridge runs on the real clock (it is
+// another process), so moving clk makes the server see the bridge's token
+// as expired or old without waiting.
 type bridgeEnv struct {
 	t   *testing.T
 	st  *stack.Stack
 	ts  *httptest.Server
-	clk *bridgeClock
+	clk *testclock.Clock
 	dir string // --config-dir
 	url string // the MCP server
 
@@ -57,7 +54,7 @@ type bridgeEnv struct {
 
 func newBridgeEnv(t *testing.T, cfg stack.Config) *bridgeEnv {
 	t.Helper()
-	e := &bridgeEnv{t: t, clk: &bridgeClock{}, dir: filepath.Join(t.TempDir(), "config")}
+	e := &bridgeEnv{t: t, clk: testclock.New(time.Now()), dir: filepath.Join(t.TempDir(), "config")}
 	e.ts = httptest.NewUnstartedServer(nil)
 	base := "http://" + e.ts.Listener.Addr().String()
 	cfg.BaseURL, cfg.AutoApprove, cfg.Now = base, true, e.clk.Now

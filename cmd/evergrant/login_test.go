@@ -24,15 +24,9 @@ import (
 
 	"github.com/evergrant/evergrant/client"
 	"github.com/evergrant/evergrant/internal/stack"
+	"github.com/evergrant/evergrant/internal/testclock"
 	"github.com/evergrant/evergrant/store"
 )
-
-// cliClock is a time source the tests move forward to expire tokens at
-// the authorization server and the MCP server without waiting.
-type cliClock struct{ off atomic.Int64 }
-
-func (c *cliClock) Now() time.Time          { return time.Now().Add(time.Duration(c.off.Load())) }
-func (c *cliClock) Advance(d time.Duration) { c.off.Add(int64(d)) }
 
 // swapHandler lets a test replace the stack behind a listener (a
 // restarted `evergrant serve` that forgot its clients).
@@ -45,11 +39,14 @@ func (s *swapHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 // cliEnv is the `evergrant serve` stack on httptest (auto-approve) and a
 // temporary config dir, for running the commands in-process.
+//
+// clk is the stack's clock, which the tests move forward to expire tokens
+// at the authorization server and the MCP server without waiting.
 type cliEnv struct {
 	t     *testing.T
 	cfg   stack.Config
 	st    *stack.Stack
-	clk   *cliClock
+	clk   *testclock.Clock
 	srv   *httptest.Server
 	swap  *swapHandler
 	url   string // the MCP server
@@ -60,7 +57,7 @@ type cliEnv struct {
 
 func newCLIEnv(t *testing.T, cfg stack.Config) *cliEnv {
 	t.Helper()
-	e := &cliEnv{t: t, clk: &cliClock{}, swap: &swapHandler{}}
+	e := &cliEnv{t: t, clk: testclock.New(time.Now()), swap: &swapHandler{}}
 	e.srv = httptest.NewUnstartedServer(e.swap)
 	cfg.BaseURL = "http://" + e.srv.Listener.Addr().String()
 	cfg.AutoApprove = true
