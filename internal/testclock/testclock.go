@@ -43,3 +43,15 @@ func (c *Clock) Set(t time.Time) {
 	defer c.mu.Unlock()
 	c.now = t.Round(0)
 }
+
+// AdvanceTo moves the clock to t, unless it already stands at or after t:
+// it never moves the clock back. It checks and moves in one step, so
+// goroutines that each wait for a time of their own (a fake sleep until
+// t) may call it at once and leave the clock at the latest of their times.
+func (c *Clock) AdvanceTo(t time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if t.After(c.now) {
+		c.now = t.Round(0)
+	}
+}

@@ -32,6 +32,49 @@ func TestClock(t *testing.T) {
 	}
 }
 
+// AdvanceTo moves the clock forward to a later time and never back.
+func TestClockAdvanceTo(t *testing.T) {
+	start := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+	c := testclock.New(start)
+	c.AdvanceTo(start.Add(-time.Second))
+	if got := c.Now(); !got.Equal(start) {
+		t.Fatalf("after AdvanceTo(an earlier time): %v, want it to stay at %v", got, start)
+	}
+	c.AdvanceTo(start)
+	if got := c.Now(); !got.Equal(start) {
+		t.Fatalf("after AdvanceTo(its own time): %v, want %v", got, start)
+	}
+	later := start.Add(time.Minute)
+	c.AdvanceTo(later)
+	if got := c.Now(); !got.Equal(later) {
+		t.Fatalf("after AdvanceTo(a later time): %v, want %v", got, later)
+	}
+	now := time.Now()
+	c.Set(now.Add(-time.Hour))
+	c.AdvanceTo(now)
+	if got := c.Now(); got != now.Round(0) {
+		t.Errorf("after AdvanceTo(time.Now()): %#v, want the wall clock reading of %v", got, now)
+	}
+}
+
+// Concurrent AdvanceTo calls leave the clock at the latest of their times
+// (run with -race).
+func TestClockAdvanceToConcurrent(t *testing.T) {
+	start := time.Unix(2_000_000_000, 0)
+	c := testclock.New(start)
+	var wg sync.WaitGroup
+	for i := range 50 {
+		wg.Go(func() {
+			c.AdvanceTo(start.Add(time.Duration(i) * time.Second))
+			_ = c.Now()
+		})
+	}
+	wg.Wait()
+	if got, want := c.Now(), start.Add(49*time.Second); !got.Equal(want) {
+		t.Errorf("after AdvanceTo(start+0s … start+49s) at once: %v, want %v", got, want)
+	}
+}
+
 // A Clock made from time.Now keeps no monotonic reading: its times compare
 // like times read back from a store.
 func TestClockHasNoMonotonicReading(t *testing.T) {
