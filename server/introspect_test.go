@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/evergrant/evergrant/authserver"
+	"github.com/evergrant/evergrant/internal/testclock"
 	"github.com/evergrant/evergrant/server"
 )
 
@@ -149,7 +150,7 @@ func TestIntrospect_CacheExpiry(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			e := newVTAS(t, func(c *authserver.Config) { c.AccessTokenTTL = tt.tokenTTL })
-			clock := newVTClock()
+			clock := testclock.New(time.Now())
 			v := e.introspectionVerifier(func(c *server.IntrospectionConfig) {
 				c.CacheTTL = tt.cacheTTL
 				c.Now = clock.Now

@@ -28,6 +28,7 @@ import (
 	"github.com/go-jose/go-jose/v4/jwt"
 
 	"github.com/evergrant/evergrant/authserver"
+	"github.com/evergrant/evergrant/internal/testclock"
 	"github.com/evergrant/evergrant/server"
 )
 
@@ -42,35 +43,6 @@ const (
 	vtRSSecret     = "vt-rs-secret-0123456789abcdef"
 	vtIssuer       = "https://as.example.test" // issuer of self-signed tokens
 )
-
-// vtClock is a settable clock.
-type vtClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newVTClock() *vtClock { return &vtClock{t: time.Now()} }
-
-func (c *vtClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *vtClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
-// AdvanceTo moves the clock to t, unless it is already past t.
-func (c *vtClock) AdvanceTo(t time.Time) {
-	c.mu.Lock()
-	if t.After(c.t) {
-		c.t = t
-	}
-	c.mu.Unlock()
-}
 
 // vtAS is the embedded authorization server on loopback, with counters of
 // JWKS fetches and introspection requests and an optional interceptor.
@@ -267,7 +239,7 @@ func vtRaw(header, claims map[string]any, sig []byte) string {
 }
 
 // vtStaticVerifier verifies self-signed tokens with the fixed key set.
-func vtStaticVerifier(t testing.TB, clock *vtClock, mod func(*server.JWTConfig)) *server.JWTVerifier {
+func vtStaticVerifier(t testing.TB, clock *testclock.Clock, mod func(*server.JWTConfig)) *server.JWTVerifier {
 	t.Helper()
 	cfg := server.JWTConfig{Issuer: vtIssuer, Audience: vtResource, Keys: vtKeys().jwks, Now: clock.Now}
 	if mod != nil {
@@ -331,10 +303,10 @@ func TestJWTVerify_AuthserverRejects(t *testing.T) {
 		{"wrong issuer", tok, func(c *server.JWTConfig) { c.Issuer = e.issuer + "/other" }, "issuer"},
 		{"issuer differs by a trailing slash", tok, func(c *server.JWTConfig) { c.Issuer = e.issuer + "/" }, "issuer"},
 		{"expired", tok, func(c *server.JWTConfig) {
-			c.Now = func() time.Time { return time.Now().Add(time.Hour + time.Minute) }
+			c.Now = testclock.New(time.Now().Add(time.Hour + time.Minute)).Now
 		}, "expired"},
 		{"not yet valid (nbf)", tok, func(c *server.JWTConfig) {
-			c.Now = func() time.Time { return time.Now().Add(-time.Minute) }
+			c.Now = testclock.New(time.Now().Add(-time.Minute)).Now
 		}, "not valid yet"},
 		{"tampered payload", tampered, nil, "signature"},
 		{"algorithm not in the allow-list", tok, func(c *server.JWTConfig) { c.Algorithms = []string{"RS256"} }, "algorithm"},
@@ -357,7 +329,7 @@ func TestJWTVerify_AuthserverRejects(t *testing.T) {
 // issuers produce.
 func TestJWTVerify_Accepts(t *testing.T) {
 	k := vtKeys()
-	clock := newVTClock()
+	clock := testclock.New(time.Now())
 	now := clock.Now()
 	with := func(f func(map[string]any)) map[string]any {
 		c := vtClaims(now)
@@ -430,7 +402,7 @@ func TestJWTVerify_Accepts(t *testing.T) {
 
 // Extra carries the claims that have no field of TokenInfo.
 func TestJWTVerify_ExtraClaims(t *testing.T) {
-	clock := newVTClock()
+	clock := testclock.New(time.Now())
 	c := vtClaims(clock.Now())
 	c["tenant"] = "acme"
 	info, err := vtStaticVerifier(t, clock, nil).Verify(context.Background(), vtSign(t, jose.ES256, vtKeys().ec, "ec1", "at+jwt", c))
@@ -445,7 +417,7 @@ func TestJWTVerify_ExtraClaims(t *testing.T) {
 // Self-signed tokens that must be refused: each names the check that fires.
 func TestJWTVerify_Rejects(t *testing.T) {
 	k := vtKeys()
-	clock := newVTClock()
+	clock := testclock.New(time.Now())
 	now := clock.Now()
 	with := func(f func(map[string]any)) map[string]any {
 		c := vtClaims(now)
@@ -551,7 +523,7 @@ func TestJWTVerify_Rejects(t *testing.T) {
 // "iat" and "jti" are too.
 func TestJWTVerify_RFC9068RequiredClaims(t *testing.T) {
 	k := vtKeys()
-	clock := newVTClock()
+	clock := testclock.New(time.Now())
 	tests := []struct {
 		name   string
 		strict bool
@@ -650,7 +622,7 @@ func vtRetryAfter(err error) time.Duration {
 
 // vtSleeps makes v wait for the JWKS rate limit by moving clock instead of
 // sleeping, and records the times it waited for.
-func vtSleeps(v *server.JWTVerifier, clock *vtClock) func() []time.Time {
+func vtSleeps(v *server.JWTVerifier, clock *testclock.Clock) func() []time.Time {
 	var mu sync.Mutex
 	var untils []time.Time
 	server.SetJWKSSleep(v, func(_ context.Context, until time.Time) error {
@@ -675,7 +647,7 @@ func vtSleeps(v *server.JWTVerifier, clock *vtClock) func() []time.Time {
 // dropped from the set stops verifying once a set fetched Leeway after the
 // token's iat lacks it (docs/design.md#server-rule-12).
 func TestJWKS_FollowsKeyRotation(t *testing.T) {
-	clock := newVTClock()
+	clock := testclock.New(time.Now())
 	e := newVTAS(t, func(c *authserver.Config) { c.Now = clock.Now })
 	v := e.jwtVerifier(func(c *server.JWTConfig) { c.Now = clock.Now })
 	ctx := context.Background()
@@ -754,7 +726,7 @@ func TestJWKS_KeyRotationWithinRefetchInterval(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			clock := newVTClock()
+			clock := testclock.New(time.Now())
 			e := newVTAS(t, func(c *authserver.Config) { c.Now = clock.Now })
 			v := e.jwtVerifier(func(c *server.JWTConfig) { c.Now = clock.Now; c.MaxWait = tt.maxWait })
 			sleeps := vtSleeps(v, clock)
@@ -806,7 +778,7 @@ func TestJWKS_KeyRotationWithinRefetchInterval(t *testing.T) {
 // says nothing about the token, so the caller waits for the next fetch
 // instead of answering invalid_token.
 func TestJWKS_JoinedFetchPredatesKey(t *testing.T) {
-	clock := newVTClock()
+	clock := testclock.New(time.Now())
 	e := newVTAS(t, func(c *authserver.Config) { c.Now = clock.Now })
 	v := e.jwtVerifier(func(c *server.JWTConfig) { c.Now = clock.Now; c.MaxWait = 15 * time.Second })
 	sleeps := vtSleeps(v, clock)
@@ -911,7 +883,7 @@ func TestJWKS_UnknownKidDecidedByIssuedAt(t *testing.T) {
 				w.Write(k.jwks)
 			}))
 			defer ts.Close()
-			clock := &vtClock{t: time.Now().Truncate(time.Second)} // iat is whole seconds
+			clock := testclock.New(time.Now().Truncate(time.Second)) // iat is whole seconds
 			v, err := server.NewJWTVerifier(server.JWTConfig{Issuer: vtIssuer, Audience: vtResource, JWKSURL: ts.URL,
 				Now: clock.Now, Leeway: tt.leeway, MaxWait: tt.maxWait})
 			if err != nil {
@@ -992,7 +964,7 @@ func TestJWKS_ForgedKidBurstFetchesOnce(t *testing.T) {
 		t.Run(age.name, func(t *testing.T) {
 			t.Run("cold cache", func(t *testing.T) {
 				e.jwksFetches.Store(0)
-				clock := newVTClock()
+				clock := testclock.New(time.Now())
 				v := e.jwtVerifier(func(c *server.JWTConfig) { c.Now = clock.Now })
 				// Callers that joined the first fetch after it started
 				// cannot tell whether it predates their key.
@@ -1001,7 +973,7 @@ func TestJWKS_ForgedKidBurstFetchesOnce(t *testing.T) {
 			})
 			t.Run("warm cache, interval passed, then within it", func(t *testing.T) {
 				e.jwksFetches.Store(0)
-				clock := newVTClock()
+				clock := testclock.New(time.Now())
 				v := e.jwtVerifier(func(c *server.JWTConfig) { c.Now = clock.Now })
 				if _, err := v.Verify(context.Background(), e.token()); err != nil {
 					t.Fatal(err)
@@ -1024,7 +996,7 @@ func TestJWKS_ForgedKidBurstFetchesOnce(t *testing.T) {
 			})
 			t.Run("within the interval, MaxWait covers it", func(t *testing.T) {
 				e.jwksFetches.Store(0)
-				clock := newVTClock()
+				clock := testclock.New(time.Now())
 				v := e.jwtVerifier(func(c *server.JWTConfig) { c.Now = clock.Now; c.MaxWait = time.Minute })
 				// Every waiting caller arrives before the clock moves on.
 				arrived, release := make(chan struct{}, size), make(chan struct{})
@@ -1180,7 +1152,7 @@ func TestJWKS_MaxWaitHonoured(t *testing.T) {
 // until a fetch succeeds.
 func TestJWKS_KeepsKeysWhenRefetchFails(t *testing.T) {
 	e := newVTAS(t, nil)
-	clock := newVTClock()
+	clock := testclock.New(time.Now())
 	v := e.jwtVerifier(func(c *server.JWTConfig) { c.Now = clock.Now })
 	ctx := context.Background()
 	tokA := e.token()
@@ -1252,7 +1224,7 @@ func TestJWKS_MaxAgeRefresh(t *testing.T) {
 				fetched <- struct{}{}
 			}))
 			defer ts.Close()
-			clock := newVTClock()
+			clock := testclock.New(time.Now())
 			t0 := clock.Now()
 			v, err := server.NewJWTVerifier(server.JWTConfig{Issuer: vtIssuer, Audience: vtResource, JWKSURL: ts.URL, Now: clock.Now})
 			if err != nil {
@@ -1292,7 +1264,7 @@ func TestJWKS_MaxAgeRefresh(t *testing.T) {
 // mutation that "verifies" would be a real hole.
 func FuzzJWTVerify(f *testing.F) {
 	k := vtKeys()
-	clock := newVTClock()
+	clock := testclock.New(time.Now())
 	now := clock.Now()
 	expired := vtClaims(now)
 	expired["exp"] = now.Add(-time.Hour).Unix()

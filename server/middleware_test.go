@@ -14,6 +14,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/evergrant/evergrant/authserver"
+	"github.com/evergrant/evergrant/internal/testclock"
 	"github.com/evergrant/evergrant/oauth"
 	"github.com/evergrant/evergrant/server"
 )
@@ -191,7 +192,7 @@ func TestUnavailable_RetryAfter(t *testing.T) {
 // (not 401 invalid_token, on which the client would refresh and then sign
 // the user in again), and then admits it.
 func TestProtect_KeyRotation503NotInvalidToken(t *testing.T) {
-	clock := newVTClock()
+	clock := testclock.New(time.Now())
 	e := newVTAS(t, func(c *authserver.Config) { c.Now = clock.Now })
 	v := e.jwtVerifier(func(c *server.JWTConfig) { c.Now = clock.Now; c.RequireATJWT = true })
 	h := protect(t, server.Config{Resource: vtResource, Verifier: v, Now: clock.Now},
@@ -227,7 +228,7 @@ func TestProtect_KeyRotation503NotInvalidToken(t *testing.T) {
 // and the verified client_id and issuer in Extra; a claim of the same name
 // among the token's other claims does not override them.
 func TestProtect_SDKTokenInfoKeepsVerifiedValues(t *testing.T) {
-	clock := newVTClock()
+	clock := testclock.New(time.Now())
 	c := vtClaims(clock.Now())
 	c["issuer"] = "https://evil.example.test"
 	c["tenant"] = "acme"
