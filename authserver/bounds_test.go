@@ -20,7 +20,7 @@ func TestConsent_FullTableEvictsTheOldest(t *testing.T) {
 	clk := newClock()
 	e, id := consentEnv(t, clk)
 	const limit = 3
-	authserver.SetMaxPending(e.as, limit)
+	authserver.SetMaxPending(e.AS, limit)
 	type started struct {
 		page     *consentPage
 		verifier string
@@ -31,7 +31,7 @@ func TestConsent_FullTableEvictsTheOldest(t *testing.T) {
 		// getConsent fails unless the consent page is shown.
 		reqs = append(reqs, started{getConsent(t, e, authParams(id, loopbackRedir, c)), v})
 	}
-	if n := authserver.PendingCount(e.as); n != limit {
+	if n := authserver.PendingCount(e.AS); n != limit {
 		t.Fatalf("%d pending consent requests, want %d", n, limit)
 	}
 	for i, s := range reqs[:2] {
@@ -41,11 +41,11 @@ func TestConsent_FullTableEvictsTheOldest(t *testing.T) {
 	for _, s := range reqs[2:] {
 		r, _ := submitConsent(t, e, s.page.form("approve"), s.page.cookie)
 		q := redirectParams(t, r, loopbackRedir)
-		if st, m := e.exchange(id, loopbackRedir, q.Get("code"), s.verifier); st != http.StatusOK {
+		if st, m := e.Exchange(id, loopbackRedir, q.Get("code"), s.verifier); st != http.StatusOK {
 			t.Fatalf("exchange after approving a kept request: %d %v", st, m)
 		}
 	}
-	if n := authserver.PendingCount(e.as); n != 0 {
+	if n := authserver.PendingCount(e.AS); n != 0 {
 		t.Fatalf("%d pending consent requests after all were answered, want 0", n)
 	}
 
@@ -55,8 +55,8 @@ func TestConsent_FullTableEvictsTheOldest(t *testing.T) {
 		getConsent(t, e, authParams(id, loopbackRedir, c))
 	}
 	clk.Advance(11 * time.Minute)
-	e.authorize(url.Values{}) // any request runs the collection
-	if n := authserver.PendingCount(e.as); n != 0 {
+	e.Authorize(url.Values{}) // any request runs the collection
+	if n := authserver.PendingCount(e.AS); n != 0 {
 		t.Fatalf("%d pending consent requests after they expired, want 0", n)
 	}
 }
@@ -107,19 +107,19 @@ func TestCIMD_CacheIsBounded(t *testing.T) {
 	d := newDocsServer(t)
 	e := cimdEnv(t)
 	const limit = 4
-	authserver.SetDocumentCacheSize(e.as, limit)
+	authserver.SetDocumentCacheSize(e.AS, limit)
 	_, c := pkce()
 	for i := range 3 * limit {
-		e.code(d.url(string(rune('a'+i))), loopbackRedir, c)
-		if n := authserver.DocumentCacheLen(e.as); n > limit {
+		e.Code(d.url(string(rune('a'+i))), loopbackRedir, c)
+		if n := authserver.DocumentCacheLen(e.AS); n > limit {
 			t.Fatalf("%d documents cached after %d fetched, want at most %d", n, i+1, limit)
 		}
 	}
-	if n := authserver.DocumentCacheLen(e.as); n != limit {
+	if n := authserver.DocumentCacheLen(e.AS); n != limit {
 		t.Fatalf("%d documents cached, want %d", n, limit)
 	}
 	// The first document was evicted: the whole flow fetches it again.
-	tok := e.tokens(d.url("a"), loopbackRedir)
+	tok := e.Tokens(d.url("a"), loopbackRedir)
 	if str(tok, "access_token") == "" {
 		t.Fatalf("token response %v", tok)
 	}
@@ -128,8 +128,8 @@ func TestCIMD_CacheIsBounded(t *testing.T) {
 	}
 	// Least recently used goes first: "a" was just used, so fetching one
 	// more new document keeps it.
-	e.code(d.url("z"), loopbackRedir, c)
-	e.code(d.url("a"), loopbackRedir, c)
+	e.Code(d.url("z"), loopbackRedir, c)
+	e.Code(d.url("a"), loopbackRedir, c)
 	if n := d.count("a"); n != 2 {
 		t.Errorf("recently used document fetched again (%d fetches), want it kept", n)
 	}
@@ -142,14 +142,14 @@ func TestCIMD_ConcurrentRequestsFetchOnce(t *testing.T) {
 	e := cimdEnv(t)
 	const n = 8
 	waiting := make(chan string, n)
-	authserver.OnDocumentFetchWait(e.as, func(u string) { waiting <- u })
+	authserver.OnDocumentFetchWait(e.AS, func(u string) { waiting <- u })
 	doc := d.url("shared")
 	var wg sync.WaitGroup
 	var ok atomic.Int64
 	for range n {
 		wg.Go(func() {
 			_, c := pkce()
-			r, err := e.hc.Get(e.url(authserver.PathAuthorize) + "?" + authParams(doc, loopbackRedir, c).Encode())
+			r, err := e.Client.Get(e.URL(authserver.PathAuthorize) + "?" + authParams(doc, loopbackRedir, c).Encode())
 			if err != nil {
 				return
 			}

@@ -91,7 +91,7 @@ func cimdEnv(t *testing.T, mods ...func(*authserver.Config)) *env {
 // with its body.
 func authorizePage(t *testing.T, e *env, q url.Values) (*http.Response, string) {
 	t.Helper()
-	r, err := e.hc.Get(e.url(authserver.PathAuthorize) + "?" + q.Encode())
+	r, err := e.Client.Get(e.URL(authserver.PathAuthorize) + "?" + q.Encode())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,12 +122,12 @@ func TestCIMD_FullFlow(t *testing.T) {
 	d := newDocServer(t, false, serveDoc(nil))
 	e := cimdEnv(t)
 
-	first := e.tokens(d.url, loopbackRedir)
+	first := e.Tokens(d.url, loopbackRedir)
 	at, rt := str(first, "access_token"), str(first, "refresh_token")
 	if at == "" || rt == "" {
 		t.Fatalf("token response %v, want access and refresh tokens", first)
 	}
-	in := e.introspect(at)
+	in := e.Introspect(at)
 	if in["active"] != true || in["client_id"] != d.url || in["aud"] != testResource {
 		t.Errorf("introspection %v, want active, client_id=%s, aud=%s", in, d.url, testResource)
 	}
@@ -135,7 +135,7 @@ func TestCIMD_FullFlow(t *testing.T) {
 		t.Errorf("JWT client_id = %v, want the document URL", c)
 	}
 
-	st, second := e.refresh(d.url, rt)
+	st, second := e.Refresh(d.url, rt)
 	if st != http.StatusOK || str(second, "refresh_token") == "" || str(second, "refresh_token") == rt {
 		t.Fatalf("refresh: %d %v, want a new refresh token", st, second)
 	}
@@ -147,8 +147,8 @@ func TestCIMD_FullFlow(t *testing.T) {
 	// Any port on the loopback redirect URI, as for other native clients.
 	v, c := pkce()
 	redirect := "http://127.0.0.1:4711/callback"
-	code := e.code(d.url, redirect, c)
-	if st, m := e.exchange(d.url, redirect, code, v); st != http.StatusOK {
+	code := e.Code(d.url, redirect, c)
+	if st, m := e.Exchange(d.url, redirect, code, v); st != http.StatusOK {
 		t.Errorf("exchange with an ephemeral-port redirect: %d %v", st, m)
 	}
 }
@@ -169,11 +169,11 @@ func TestCIMD_ConsentPageNamesDocumentClient(t *testing.T) {
 func TestCIMD_WithoutRefreshGrant(t *testing.T) {
 	d := newDocServer(t, false, serveDoc(func(doc map[string]any) { doc["grant_types"] = []string{"authorization_code"} }))
 	e := cimdEnv(t)
-	m := e.tokens(d.url, loopbackRedir)
+	m := e.Tokens(d.url, loopbackRedir)
 	if str(m, "refresh_token") != "" {
 		t.Errorf("a client without the refresh_token grant got a refresh token")
 	}
-	st, r := e.refresh(d.url, "anything")
+	st, r := e.Refresh(d.url, "anything")
 	wantTokenError(t, "refresh by a client without the grant", st, r, http.StatusBadRequest, "unauthorized_client")
 }
 
@@ -181,7 +181,7 @@ func TestCIMD_ClientMustNotAuthenticateWithSecret(t *testing.T) {
 	d := newDocServer(t, false, serveDoc(nil))
 	e := cimdEnv(t)
 	v, c := pkce()
-	code := e.code(d.url, loopbackRedir, c)
+	code := e.Code(d.url, loopbackRedir, c)
 	form := url.Values{"grant_type": {"authorization_code"}, "code": {code}, "redirect_uri": {loopbackRedir}, "code_verifier": {v}}
 	for name, basic := range map[string][]string{"client_secret_post": nil, "client_secret_basic": {d.url, "made-up-secret"}} {
 		f := url.Values{}
@@ -192,11 +192,11 @@ func TestCIMD_ClientMustNotAuthenticateWithSecret(t *testing.T) {
 			f.Set("client_id", d.url)
 			f.Set("client_secret", "made-up-secret")
 		}
-		st, m, _ := e.post(authserver.PathToken, f, basic)
+		st, m, _, _ := e.Post(authserver.PathToken, f, basic)
 		wantTokenError(t, name, st, m, http.StatusUnauthorized, "invalid_client")
 	}
 	// The refused attempts did not burn the code.
-	if st, m := e.exchange(d.url, loopbackRedir, code, v); st != http.StatusOK {
+	if st, m := e.Exchange(d.url, loopbackRedir, code, v); st != http.StatusOK {
 		t.Errorf("exchange with auth method none after refused attempts: %d %v", st, m)
 	}
 }
@@ -282,7 +282,7 @@ func TestCIMD_InvalidDocumentRefused(t *testing.T) {
 			if strings.HasPrefix(tt.name, "redirect URI not the requested one") {
 				return // the document itself is fine
 			}
-			st, m := e.exchange(d.url, loopbackRedir, "no-code", strings.Repeat("v", 43))
+			st, m := e.Exchange(d.url, loopbackRedir, "no-code", strings.Repeat("v", 43))
 			wantTokenError(t, "token request by the refused client", st, m, http.StatusUnauthorized, "invalid_client")
 		})
 	}
@@ -304,7 +304,7 @@ func TestCIMD_DocumentJustUnderSizeLimit(t *testing.T) {
 		w.Write(b)
 	})
 	e := cimdEnv(t)
-	if m := e.tokens(d.url, loopbackRedir); str(m, "access_token") == "" {
+	if m := e.Tokens(d.url, loopbackRedir); str(m, "access_token") == "" {
 		t.Fatalf("token response %v", m)
 	}
 }
@@ -318,7 +318,7 @@ func TestCIMD_ContentTypeVariantsAccepted(t *testing.T) {
 				w.Write(b)
 			})
 			e := cimdEnv(t)
-			if m := e.tokens(d.url, loopbackRedir); str(m, "access_token") == "" {
+			if m := e.Tokens(d.url, loopbackRedir); str(m, "access_token") == "" {
 				t.Fatalf("token response %v", m)
 			}
 		})
@@ -344,7 +344,7 @@ func TestCIMD_LoopbackDocumentNotFetchedWithoutOption(t *testing.T) {
 			_, challenge := pkce()
 			r, body := authorizePage(t, e, authParams(d.url, loopbackRedir, challenge))
 			wantErrorPage(t, "authorization", r, body)
-			st, m := e.exchange(d.url, loopbackRedir, "no-code", strings.Repeat("v", 43))
+			st, m := e.Exchange(d.url, loopbackRedir, "no-code", strings.Repeat("v", 43))
 			wantTokenError(t, "token request", st, m, http.StatusUnauthorized, "invalid_client")
 			time.Sleep(50 * time.Millisecond) // let a stray connection show up
 			if c, n := d.conns.Load(), d.requests.Load(); c != 0 || n != 0 {
@@ -400,9 +400,9 @@ func TestCIMD_CacheControl(t *testing.T) {
 			clk := newClock()
 			e := cimdEnv(t, func(c *authserver.Config) { c.Now = clk.Now })
 			_, challenge := pkce()
-			e.code(d.url, loopbackRedir, challenge)
+			e.Code(d.url, loopbackRedir, challenge)
 			clk.Advance(tt.advance)
-			e.code(d.url, loopbackRedir, challenge)
+			e.Code(d.url, loopbackRedir, challenge)
 			if n := d.requests.Load(); n != tt.fetches {
 				t.Errorf("document fetched %d times, want %d", n, tt.fetches)
 			}
@@ -421,7 +421,7 @@ func TestCIMD_MetadataAdvertisesSupport(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			e := newEnv(t, tt.mod)
-			r, err := e.hc.Get(e.url(oauth.WellKnownAuthServer))
+			r, err := e.Client.Get(e.URL(oauth.WellKnownAuthServer))
 			if err != nil {
 				t.Fatal(err)
 			}

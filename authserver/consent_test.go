@@ -33,7 +33,7 @@ func consentEnv(t *testing.T, clk *testclock.Clock) (*env, string) {
 			c.Now = clk.Now
 		}
 	})
-	return e, e.registerPublic(loopbackRedir)
+	return e, e.RegisterPublic(loopbackRedir)
 }
 
 // consentPage is what GET /authorize returned when it showed the consent
@@ -55,7 +55,7 @@ var (
 // getConsent sends the authorization request and expects the consent page.
 func getConsent(t *testing.T, e *env, q url.Values) *consentPage {
 	t.Helper()
-	r, err := e.hc.Get(e.url(authserver.PathAuthorize) + "?" + q.Encode())
+	r, err := e.Client.Get(e.URL(authserver.PathAuthorize) + "?" + q.Encode())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +88,7 @@ func getConsent(t *testing.T, e *env, q url.Values) *consentPage {
 // submitConsent posts the consent form; cookie may be nil.
 func submitConsent(t *testing.T, e *env, form url.Values, cookie *http.Cookie) (*http.Response, string) {
 	t.Helper()
-	return submitConsentTo(t, e.url(authserver.PathConsent), e, form, cookie)
+	return submitConsentTo(t, e.URL(authserver.PathConsent), e, form, cookie)
 }
 
 func submitConsentTo(t *testing.T, target string, e *env, form url.Values, cookie *http.Cookie) (*http.Response, string) {
@@ -98,7 +98,7 @@ func submitConsentTo(t *testing.T, target string, e *env, form url.Values, cooki
 	if cookie != nil {
 		req.AddCookie(&http.Cookie{Name: cookie.Name, Value: cookie.Value})
 	}
-	r, err := e.hc.Do(req)
+	r, err := e.Client.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,7 +190,7 @@ func TestConsent_PageIsProtected(t *testing.T) {
 func TestConsent_HTMLIsEscaped(t *testing.T) {
 	e := newEnv(t, func(c *authserver.Config) { c.AutoApprove = false })
 	const evil = `<script>alert("pwned")</script><img src=x onerror=alert(1)>`
-	st, resp := e.register(map[string]any{
+	st, resp := e.Register(map[string]any{
 		"redirect_uris": []string{loopbackRedir}, "token_endpoint_auth_method": "none",
 		"client_name": evil,
 	})
@@ -222,8 +222,8 @@ func TestConsent_ApproveRedirectsWithCode(t *testing.T) {
 	if q.Get("error") != "" {
 		t.Fatalf("approve: error %s: %s", q.Get("error"), q.Get("error_description"))
 	}
-	if q.Get("code") == "" || q.Get("state") != "st-123" || q.Get("iss") != e.as.Issuer() {
-		t.Fatalf("approve redirect query %v, want code, state=st-123, iss=%s", q, e.as.Issuer())
+	if q.Get("code") == "" || q.Get("state") != "st-123" || q.Get("iss") != e.AS.Issuer() {
+		t.Fatalf("approve redirect query %v, want code, state=st-123, iss=%s", q, e.AS.Issuer())
 	}
 	if cc := r.Header.Get("Cache-Control"); !strings.Contains(cc, "no-store") {
 		t.Errorf("approve redirect Cache-Control = %q, want no-store", cc)
@@ -238,11 +238,11 @@ func TestConsent_ApproveRedirectsWithCode(t *testing.T) {
 		t.Errorf("approve does not clear the CSRF cookie; Set-Cookie: %q", r.Header.Values("Set-Cookie"))
 	}
 
-	st, tok := e.exchange(id, loopbackRedir, q.Get("code"), verifier)
+	st, tok := e.Exchange(id, loopbackRedir, q.Get("code"), verifier)
 	if st != http.StatusOK || str(tok, "access_token") == "" || str(tok, "refresh_token") == "" {
 		t.Fatalf("exchange of the consented code: %d %v", st, tok)
 	}
-	in := e.introspect(str(tok, "access_token"))
+	in := e.Introspect(str(tok, "access_token"))
 	if in["active"] != true || in["sub"] != "demo-user" || in["client_id"] != id || in["scope"] != "mcp:tools" {
 		t.Errorf("introspection of the consented token: %v", in)
 	}
@@ -257,8 +257,8 @@ func TestConsent_DenyRedirectsAccessDenied(t *testing.T) {
 		t.Fatalf("deny: status %d, want 303", r.StatusCode)
 	}
 	q := redirectParams(t, r, loopbackRedir)
-	if q.Get("error") != "access_denied" || q.Get("state") != "st-123" || q.Get("iss") != e.as.Issuer() {
-		t.Fatalf("deny redirect query %v, want error=access_denied, state=st-123, iss=%s", q, e.as.Issuer())
+	if q.Get("error") != "access_denied" || q.Get("state") != "st-123" || q.Get("iss") != e.AS.Issuer() {
+		t.Fatalf("deny redirect query %v, want error=access_denied, state=st-123, iss=%s", q, e.AS.Issuer())
 	}
 	if q.Has("code") {
 		t.Fatalf("deny redirect carries a code: %v", q)
@@ -308,7 +308,7 @@ func TestConsent_CSRFCookieMustMatch(t *testing.T) {
 		{"csrf in the query, not the form", url.Values{"request": {p.request}, "action": {"approve"}}, p.cookie, "?csrf=" + url.QueryEscape(p.csrf)},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
-			r, body := submitConsentTo(t, e.url(authserver.PathConsent)+tt.query, e, tt.form, tt.cookie)
+			r, body := submitConsentTo(t, e.URL(authserver.PathConsent)+tt.query, e, tt.form, tt.cookie)
 			wantForbidden(t, tt.name, r, body)
 		})
 	}
@@ -364,7 +364,7 @@ func TestConsent_ExpiredRequestRefused(t *testing.T) {
 			}
 			// The code's own lifetime starts at approval, not at the page.
 			clk.Advance(30 * time.Second)
-			if st, m := e.exchange(id, loopbackRedir, q.Get("code"), verifier); st != http.StatusOK {
+			if st, m := e.Exchange(id, loopbackRedir, q.Get("code"), verifier); st != http.StatusOK {
 				t.Fatalf("exchange 30s after a late approval: %d %v", st, m)
 			}
 		})
@@ -375,9 +375,9 @@ func TestConsent_EndpointAcceptsPOSTOnly(t *testing.T) {
 	e, id := consentEnv(t, nil)
 	_, challenge := pkce()
 	p := getConsent(t, e, authParams(id, loopbackRedir, challenge))
-	req, _ := http.NewRequest(http.MethodGet, e.url(authserver.PathConsent)+"?"+p.form("approve").Encode(), nil)
+	req, _ := http.NewRequest(http.MethodGet, e.URL(authserver.PathConsent)+"?"+p.form("approve").Encode(), nil)
 	req.AddCookie(&http.Cookie{Name: csrfCookie(p.request), Value: p.csrf})
-	r, err := e.hc.Do(req)
+	r, err := e.Client.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -331,7 +331,7 @@ func FuzzTokenForm(f *testing.F) {
 func TestRegister_HTTPSRedirectURINeedsHostname(t *testing.T) {
 	e := newEnv(t, nil)
 	for _, uri := range []string{"https:///cb", "https://:443/cb", "https://:8443/cb"} {
-		st, m := e.register(map[string]any{"redirect_uris": []string{uri}, "token_endpoint_auth_method": "none"})
+		st, m := e.Register(map[string]any{"redirect_uris": []string{uri}, "token_endpoint_auth_method": "none"})
 		if st != http.StatusBadRequest || str(m, "error") != "invalid_redirect_uri" {
 			t.Errorf("register %q: %d %v, want 400 invalid_redirect_uri", uri, st, m)
 		}

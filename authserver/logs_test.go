@@ -56,7 +56,7 @@ func (l *secretLedger) addTokens(kind string, m map[string]any) {
 // status and decoded body.
 func (l *secretLedger) call(e *env, path string, form url.Values, basic []string) (int, map[string]any) {
 	l.t.Helper()
-	req, _ := http.NewRequest(http.MethodPost, e.url(path), strings.NewReader(form.Encode()))
+	req, _ := http.NewRequest(http.MethodPost, e.URL(path), strings.NewReader(form.Encode()))
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	if basic != nil {
 		req.SetBasicAuth(url.QueryEscape(basic[0]), url.QueryEscape(basic[1]))
@@ -66,7 +66,7 @@ func (l *secretLedger) call(e *env, path string, form url.Values, basic []string
 
 func (l *secretLedger) do(e *env, req *http.Request) (int, map[string]any) {
 	l.t.Helper()
-	r, err := e.hc.Do(req)
+	r, err := e.Client.Do(req)
 	if err != nil {
 		l.t.Fatal(err)
 	}
@@ -88,7 +88,7 @@ func (l *secretLedger) do(e *env, req *http.Request) (int, map[string]any) {
 // error redirects are recorded.
 func (l *secretLedger) authorize(e *env, q url.Values, redirect string) url.Values {
 	l.t.Helper()
-	r := e.authorize(q)
+	r := e.Authorize(q)
 	got := redirectParams(l.t, r, redirect)
 	if got.Get("error") != "" {
 		l.errors = append(l.errors, r.Header.Get("Location"))
@@ -99,7 +99,7 @@ func (l *secretLedger) authorize(e *env, q url.Values, redirect string) url.Valu
 func (l *secretLedger) register(e *env, md map[string]any) map[string]any {
 	l.t.Helper()
 	b, _ := json.Marshal(md)
-	req, _ := http.NewRequest(http.MethodPost, e.url(authserver.PathRegister), bytes.NewReader(b))
+	req, _ := http.NewRequest(http.MethodPost, e.URL(authserver.PathRegister), bytes.NewReader(b))
 	req.Header.Set("Content-Type", "application/json")
 	st, m := l.do(e, req)
 	if st != http.StatusCreated {
@@ -258,7 +258,7 @@ func TestLogsContainNoSecrets(t *testing.T) {
 	st, postTok := tok(form, nil)
 	led.want("client_secret_post exchange", st, http.StatusOK, postTok, "")
 	led.addTokens("client_secret_post", postTok)
-	if n, err := e.as.RevokeGrants(context.Background(), authserver.GrantFilter{ClientID: postClientID}); err != nil || n != 1 {
+	if n, err := e.AS.RevokeGrants(context.Background(), authserver.GrantFilter{ClientID: postClientID}); err != nil || n != 1 {
 		t.Fatalf("RevokeGrants = %d, %v", n, err)
 	}
 	form = url.Values{"grant_type": {"refresh_token"}, "refresh_token": {str(postTok, "refresh_token")}, "client_id": {postClientID}, "client_secret": {postSecret}}
@@ -276,7 +276,7 @@ func TestLogsContainNoSecrets(t *testing.T) {
 
 	// A second server with the consent page.
 	c := newEnv(t, func(cfg *authserver.Config) { cfg.AutoApprove = false })
-	cID := c.registerPublic(loopbackRedir)
+	cID := c.RegisterPublic(loopbackRedir)
 	verifier, challenge = pkce()
 	led.add("code verifier", verifier)
 	led.add("code challenge", challenge)
@@ -291,7 +291,7 @@ func TestLogsContainNoSecrets(t *testing.T) {
 	r, _ = submitConsent(t, c, page.form("approve"), page.cookie)
 	q = redirectParams(t, r, loopbackRedir)
 	led.add("authorization code", q.Get("code"))
-	st, m = c.exchange(cID, loopbackRedir, q.Get("code"), verifier)
+	st, m = c.Exchange(cID, loopbackRedir, q.Get("code"), verifier)
 	led.want("exchange after consent", st, http.StatusOK, m, "")
 	led.addTokens("consented", m)
 	r, body = submitConsent(t, c, page.form("approve"), page.cookie)
@@ -308,8 +308,8 @@ func TestLogsContainNoSecrets(t *testing.T) {
 	led.errors = append(led.errors, r.Header.Get("Location"))
 
 	// The checks.
-	logs := e.logs.String() + c.logs.String()
-	if strings.TrimSpace(e.logs.String()) == "" || strings.TrimSpace(c.logs.String()) == "" {
+	logs := e.Logs.String() + c.Logs.String()
+	if strings.TrimSpace(e.Logs.String()) == "" || strings.TrimSpace(c.Logs.String()) == "" {
 		t.Fatal("a server logged nothing")
 	}
 	for v, kind := range led.secrets {

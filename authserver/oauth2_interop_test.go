@@ -30,14 +30,14 @@ func TestInterop_GolangOAuth2(t *testing.T) {
 			e := newEnv(t, func(c *authserver.Config) {
 				c.Clients = append(c.Clients, authserver.ClientConfig{ID: "x-basic", Secret: "x-basic-secret-0123456789", RedirectURIs: []string{loopbackRedir}})
 			})
-			ctx := context.WithValue(context.Background(), oauth2.HTTPClient, e.ts.Client())
+			ctx := context.WithValue(context.Background(), oauth2.HTTPClient, e.Server.Client())
 			conf := &oauth2.Config{
 				ClientID: style.id, ClientSecret: style.secret, RedirectURL: loopbackRedir, Scopes: []string{"mcp:tools"},
-				Endpoint: oauth2.Endpoint{AuthURL: e.url(authserver.PathAuthorize), TokenURL: e.url(authserver.PathToken), AuthStyle: style.style},
+				Endpoint: oauth2.Endpoint{AuthURL: e.URL(authserver.PathAuthorize), TokenURL: e.URL(authserver.PathToken), AuthStyle: style.style},
 			}
 			verifier := oauth2.GenerateVerifier()
 			authURL := conf.AuthCodeURL("xyz", oauth2.S256ChallengeOption(verifier), oauth2.SetAuthURLParam("resource", testResource))
-			r, err := e.hc.Get(authURL)
+			r, err := e.Client.Get(authURL)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -66,7 +66,7 @@ func TestInterop_GolangOAuth2(t *testing.T) {
 			if fresh.AccessToken == old.AccessToken || fresh.RefreshToken == old.RefreshToken || fresh.RefreshToken == "" {
 				t.Fatal("refresh did not issue a new access token and rotate the refresh token")
 			}
-			if !e.active(fresh.AccessToken) {
+			if !e.Active(fresh.AccessToken) {
 				t.Fatal("refreshed access token inactive")
 			}
 			// The rotated-out token is refused, as x/oauth2 reports it.

@@ -11,10 +11,10 @@ import (
 
 // liveRefreshTokens counts the refresh tokens introspection calls active.
 func (e *env) liveRefreshTokens(tokens ...string) int {
-	e.t.Helper()
+	e.T.Helper()
 	n := 0
 	for _, tok := range tokens {
-		if tok != "" && e.active(tok) {
+		if tok != "" && e.Active(tok) {
 			n++
 		}
 	}
@@ -37,27 +37,27 @@ func TestRefreshReuseGrace_RetiresTheSuccessor(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			clk := newClock()
 			e := newEnv(t, withClock(clk, func(c *authserver.Config) { c.RefreshReuseGrace = grace }))
-			id := e.registerPublic(loopbackRedir)
-			rt0 := str(e.tokens(id, loopbackRedir), "refresh_token")
-			st, second := e.refresh(id, rt0) // rt0 -> rt1; the response is "lost"
+			id := e.RegisterPublic(loopbackRedir)
+			rt0 := str(e.Tokens(id, loopbackRedir), "refresh_token")
+			st, second := e.Refresh(id, rt0) // rt0 -> rt1; the response is "lost"
 			if st != http.StatusOK {
 				t.Fatalf("refresh: %d %v", st, second)
 			}
 			rt1 := str(second, "refresh_token")
 			clk.Advance(5 * time.Second)
-			st, retry := e.refresh(id, rt0) // the client retries with rt0
+			st, retry := e.Refresh(id, rt0) // the client retries with rt0
 			if st != http.StatusOK {
 				t.Fatalf("reuse inside the grace window: %d %v", st, retry)
 			}
 			rt2 := str(retry, "refresh_token")
-			if e.active(rt1) {
+			if e.Active(rt1) {
 				t.Fatal("the successor is still live after a reuse inside the grace window: the family forked")
 			}
-			if n := e.liveRefreshTokens(rt0, rt1, rt2); n != 1 || !e.active(rt2) {
+			if n := e.liveRefreshTokens(rt0, rt1, rt2); n != 1 || !e.Active(rt2) {
 				t.Fatalf("%d live refresh tokens, want exactly the new one", n)
 			}
 			// The new token works.
-			st, third := e.refresh(id, rt2)
+			st, third := e.Refresh(id, rt2)
 			if st != http.StatusOK {
 				t.Fatalf("refresh with the token issued for the reuse: %d %v", st, third)
 			}
@@ -66,12 +66,12 @@ func TestRefreshReuseGrace_RetiresTheSuccessor(t *testing.T) {
 			// The retired successor is refused, and its presentation revokes
 			// the family: someone received it while someone replayed rt0.
 			clk.Advance(tt.after)
-			st, m := e.refresh(id, rt1)
+			st, m := e.Refresh(id, rt1)
 			wantTokenError(t, "retired successor", st, m, http.StatusBadRequest, "invalid_grant")
-			if e.active(rt3) || e.active(str(third, "access_token")) {
+			if e.Active(rt3) || e.Active(str(third, "access_token")) {
 				t.Fatal("the family survived the presentation of a retired successor")
 			}
-			st, m = e.refresh(id, rt3)
+			st, m = e.Refresh(id, rt3)
 			wantTokenError(t, "refresh after the revocation", st, m, http.StatusBadRequest, "invalid_grant")
 		})
 	}
@@ -82,40 +82,40 @@ func TestRefreshReuseGrace_RetiresTheSuccessor(t *testing.T) {
 func TestRefreshReuseGrace_AfterTheSuccessorWasUsed(t *testing.T) {
 	clk := newClock()
 	e := newEnv(t, withClock(clk, func(c *authserver.Config) { c.RefreshReuseGrace = 30 * time.Second }))
-	id := e.registerPublic(loopbackRedir)
-	rt0 := str(e.tokens(id, loopbackRedir), "refresh_token")
-	st, second := e.refresh(id, rt0)
+	id := e.RegisterPublic(loopbackRedir)
+	rt0 := str(e.Tokens(id, loopbackRedir), "refresh_token")
+	st, second := e.Refresh(id, rt0)
 	if st != http.StatusOK {
 		t.Fatalf("refresh: %d %v", st, second)
 	}
 	clk.Advance(time.Second)
-	st, third := e.refresh(id, str(second, "refresh_token"))
+	st, third := e.Refresh(id, str(second, "refresh_token"))
 	if st != http.StatusOK {
 		t.Fatalf("refresh with the successor: %d %v", st, third)
 	}
 	clk.Advance(time.Second)
-	st, m := e.refresh(id, rt0)
+	st, m := e.Refresh(id, rt0)
 	wantTokenError(t, "reuse after the successor was used", st, m, http.StatusBadRequest, "invalid_grant")
 	for _, k := range []string{"access_token", "refresh_token"} {
-		if e.active(str(third, k)) {
+		if e.Active(str(third, k)) {
 			t.Errorf("%s of the family survived the reuse", k)
 		}
 	}
 	// A second retry inside the window, after an accepted one, finds the
 	// successor already retired: also revoked.
 	e2 := newEnv(t, withClock(clk, func(c *authserver.Config) { c.RefreshReuseGrace = 30 * time.Second }))
-	id2 := e2.registerPublic(loopbackRedir)
-	rt0 = str(e2.tokens(id2, loopbackRedir), "refresh_token")
-	if st, m := e2.refresh(id2, rt0); st != http.StatusOK {
+	id2 := e2.RegisterPublic(loopbackRedir)
+	rt0 = str(e2.Tokens(id2, loopbackRedir), "refresh_token")
+	if st, m := e2.Refresh(id2, rt0); st != http.StatusOK {
 		t.Fatalf("refresh: %d %v", st, m)
 	}
-	st, retry := e2.refresh(id2, rt0)
+	st, retry := e2.Refresh(id2, rt0)
 	if st != http.StatusOK {
 		t.Fatalf("first reuse inside the window: %d %v", st, retry)
 	}
-	st, m = e2.refresh(id2, rt0)
+	st, m = e2.Refresh(id2, rt0)
 	wantTokenError(t, "second reuse inside the window", st, m, http.StatusBadRequest, "invalid_grant")
-	if e2.active(str(retry, "refresh_token")) {
+	if e2.Active(str(retry, "refresh_token")) {
 		t.Error("the token of the first reuse survived the second")
 	}
 }
@@ -126,8 +126,8 @@ func TestRefreshReuse_ConcurrentUsesKeepOneLiveToken(t *testing.T) {
 	for _, grace := range []time.Duration{0, time.Minute} {
 		t.Run(grace.String(), func(t *testing.T) {
 			e := newEnv(t, func(c *authserver.Config) { c.RefreshReuseGrace = grace })
-			id := e.registerPublic(loopbackRedir)
-			rt0 := str(e.tokens(id, loopbackRedir), "refresh_token")
+			id := e.RegisterPublic(loopbackRedir)
+			rt0 := str(e.Tokens(id, loopbackRedir), "refresh_token")
 			const n = 8
 			var wg sync.WaitGroup
 			got := make([]string, n)
@@ -135,7 +135,7 @@ func TestRefreshReuse_ConcurrentUsesKeepOneLiveToken(t *testing.T) {
 			for i := range n {
 				wg.Go(func() {
 					<-start
-					if st, m := e.refresh(id, rt0); st == http.StatusOK {
+					if st, m := e.Refresh(id, rt0); st == http.StatusOK {
 						got[i] = str(m, "refresh_token")
 					}
 				})

@@ -34,10 +34,10 @@ func trustEnv(t *testing.T, mods ...func(*authserver.Config)) *env {
 
 // registerWith registers a public client with the given redirect URIs.
 func (e *env) registerWith(redirects ...string) string {
-	e.t.Helper()
-	st, resp := e.register(map[string]any{"redirect_uris": redirects, "token_endpoint_auth_method": "none", "client_name": "self-registered"})
+	e.T.Helper()
+	st, resp := e.Register(map[string]any{"redirect_uris": redirects, "token_endpoint_auth_method": "none", "client_name": "self-registered"})
 	if st != http.StatusCreated {
-		e.t.Fatalf("register: %d %v", st, resp)
+		e.T.Fatalf("register: %d %v", st, resp)
 	}
 	return resp["client_id"].(string)
 }
@@ -69,7 +69,7 @@ func TestAutoApprove_OnlyForTrustedRedirects(t *testing.T) {
 			_, c := pkce()
 			q := authParams(tt.client, tt.redirect, c)
 			if tt.auto {
-				p := redirectParams(t, e.authorize(q), tt.redirect)
+				p := redirectParams(t, e.Authorize(q), tt.redirect)
 				if p.Get("code") == "" {
 					t.Fatalf("auto-approval: %v, want a code", p)
 				}

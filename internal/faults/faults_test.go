@@ -9,29 +9,30 @@ import (
 	"time"
 
 	"github.com/evergrant/evergrant/authserver"
+	"github.com/evergrant/evergrant/internal/astest"
 )
 
 func TestRefuseRefresh(t *testing.T) {
 	e := newEnv(t)
-	id := e.registerPublic()
-	rt := str(e.tokens(id), "refresh_token")
+	id := e.RegisterPublic(astest.LoopbackRedirect)
+	rt := astest.Str(e.Tokens(id, astest.LoopbackRedirect), "refresh_token")
 
 	e.inj.RefuseRefresh(true)
 	for i := range 2 { // refused every time, not just once
-		st, m := e.refresh(id, rt)
-		wantTokenError(t, fmt.Sprintf("refresh #%d while refused", i+1), st, m, http.StatusBadRequest, "invalid_grant")
+		st, m := e.Refresh(id, rt)
+		astest.WantTokenError(t, fmt.Sprintf("refresh #%d while refused", i+1), st, m, http.StatusBadRequest, "invalid_grant")
 	}
 	// Only refreshes are refused: a sign-in still works.
-	if m := e.tokens(id); str(m, "access_token") == "" {
+	if m := e.Tokens(id, astest.LoopbackRedirect); astest.Str(m, "access_token") == "" {
 		t.Fatalf("code exchange while refreshes are refused: %v", m)
 	}
 
 	e.inj.RefuseRefresh(false)
-	st, m := e.refresh(id, rt)
-	if st != http.StatusOK || str(m, "access_token") == "" || str(m, "refresh_token") == "" {
+	st, m := e.Refresh(id, rt)
+	if st != http.StatusOK || astest.Str(m, "access_token") == "" || astest.Str(m, "refresh_token") == "" {
 		t.Fatalf("refresh with the same token after RefuseRefresh(false): %d %v", st, m)
 	}
-	if !e.active(str(m, "access_token")) {
+	if !e.Active(astest.Str(m, "access_token")) {
 		t.Fatal("access token issued after the fault is not active")
 	}
 }
@@ -46,33 +47,33 @@ func TestFailTokenEndpoint(t *testing.T) {
 	} {
 		t.Run(http.StatusText(tt.status), func(t *testing.T) {
 			e := newEnv(t)
-			id := e.registerPublic()
-			rt := str(e.tokens(id), "refresh_token")
-			verifier, challenge := pkce()
-			code := e.code(id, challenge)
+			id := e.RegisterPublic(astest.LoopbackRedirect)
+			rt := astest.Str(e.Tokens(id, astest.LoopbackRedirect), "refresh_token")
+			verifier, challenge := astest.PKCE()
+			code := e.Code(id, astest.LoopbackRedirect, challenge)
 
 			e.inj.FailTokenEndpoint(tt.status)
 			form := url.Values{"grant_type": {"refresh_token"}, "refresh_token": {rt}, "client_id": {id}}
-			st, m, h, _ := e.post(authserver.PathToken, form, nil)
-			wantTokenError(t, "refresh during fault", st, m, tt.status, tt.code)
+			st, m, h, _ := e.Post(authserver.PathToken, form, nil)
+			astest.WantTokenError(t, "refresh during fault", st, m, tt.status, tt.code)
 			if cc := h.Get("Cache-Control"); !strings.Contains(cc, "no-store") {
 				t.Errorf("Cache-Control = %q, want no-store", cc)
 			}
 			if ct := h.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
 				t.Errorf("Content-Type = %q, want application/json", ct)
 			}
-			st, m = e.exchange(id, code, verifier)
-			wantTokenError(t, "code exchange during fault", st, m, tt.status, tt.code)
+			st, m = e.Exchange(id, astest.LoopbackRedirect, code, verifier)
+			astest.WantTokenError(t, "code exchange during fault", st, m, tt.status, tt.code)
 
 			// The failed requests had no effect: neither the refresh token
 			// nor the code was consumed.
 			e.inj.FailTokenEndpoint(0)
-			st, m = e.refresh(id, rt)
-			if st != http.StatusOK || str(m, "refresh_token") == "" {
+			st, m = e.Refresh(id, rt)
+			if st != http.StatusOK || astest.Str(m, "refresh_token") == "" {
 				t.Fatalf("refresh after the fault with the same token: %d %v", st, m)
 			}
-			st, m = e.exchange(id, code, verifier)
-			if st != http.StatusOK || str(m, "access_token") == "" {
+			st, m = e.Exchange(id, astest.LoopbackRedirect, code, verifier)
+			if st != http.StatusOK || astest.Str(m, "access_token") == "" {
 				t.Fatalf("code exchange after the fault with the same code: %d %v", st, m)
 			}
 		})
@@ -84,19 +85,19 @@ func TestFailTokenEndpoint(t *testing.T) {
 // part of authserver's TestLogs when the faults lived there.
 func TestFailTokenEndpoint_LoggedWithoutSecrets(t *testing.T) {
 	e := newEnv(t)
-	verifier, _ := pkce()
+	verifier, _ := astest.PKCE()
 	const code = "a-code-that-must-not-be-logged"
 	e.inj.FailTokenEndpoint(http.StatusServiceUnavailable)
-	form := url.Values{"grant_type": {"authorization_code"}, "code": {code}, "redirect_uri": {loopbackRedir}, "code_verifier": {verifier}}
-	st, m, _, body := e.post(authserver.PathToken, form, []string{rsClientID, rsClientSecret})
-	wantTokenError(t, "injected 503", st, m, http.StatusServiceUnavailable, "temporarily_unavailable")
+	form := url.Values{"grant_type": {"authorization_code"}, "code": {code}, "redirect_uri": {astest.LoopbackRedirect}, "code_verifier": {verifier}}
+	st, m, _, body := e.Post(authserver.PathToken, form, []string{astest.RSClientID, astest.RSClientSecret})
+	astest.WantTokenError(t, "injected 503", st, m, http.StatusServiceUnavailable, "temporarily_unavailable")
 	e.inj.FailTokenEndpoint(0)
 
-	logs := e.logs.String()
+	logs := e.Logs.String()
 	if !strings.Contains(logs, `"msg":"token request failed by fault injection"`) {
 		t.Errorf("no log record %q; got\n%s", "token request failed by fault injection", logs)
 	}
-	for what, v := range map[string]string{"client secret": rsClientSecret, "code": code, "code verifier": verifier} {
+	for what, v := range map[string]string{"client secret": astest.RSClientSecret, "code": code, "code verifier": verifier} {
 		if strings.Contains(logs, v) {
 			t.Errorf("the logs contain the %s", what)
 		}
@@ -108,12 +109,12 @@ func TestFailTokenEndpoint_LoggedWithoutSecrets(t *testing.T) {
 
 func TestDelayToken(t *testing.T) {
 	e := newEnv(t)
-	id := e.registerPublic()
-	rt := str(e.tokens(id), "refresh_token")
+	id := e.RegisterPublic(astest.LoopbackRedirect)
+	rt := astest.Str(e.Tokens(id, astest.LoopbackRedirect), "refresh_token")
 	const d = 300 * time.Millisecond
 	e.inj.DelayToken(d)
 	start := time.Now()
-	st, m := e.refresh(id, rt)
+	st, m := e.Refresh(id, rt)
 	if el := time.Since(start); el < d {
 		t.Errorf("refresh answered after %v, want at least %v", el, d)
 	}
@@ -121,7 +122,7 @@ func TestDelayToken(t *testing.T) {
 		t.Fatalf("delayed refresh: %d %v", st, m)
 	}
 	e.inj.DelayToken(0)
-	if st, m := e.refresh(id, str(m, "refresh_token")); st != http.StatusOK {
+	if st, m := e.Refresh(id, astest.Str(m, "refresh_token")); st != http.StatusOK {
 		t.Fatalf("refresh after DelayToken(0): %d %v", st, m)
 	}
 }
@@ -130,14 +131,14 @@ func TestDelayToken(t *testing.T) {
 // are authserver's TestSetAccessTokenTTL*); the Injector passes it on.
 func TestSetAccessTokenTTL(t *testing.T) {
 	e := newEnv(t)
-	id := e.registerPublic()
+	id := e.RegisterPublic(astest.LoopbackRedirect)
 	e.inj.SetAccessTokenTTL(2 * time.Second)
-	m := e.tokens(id)
+	m := e.Tokens(id, astest.LoopbackRedirect)
 	if got := m["expires_in"]; got != float64(2) {
 		t.Errorf("expires_in = %v, want 2", got)
 	}
 	e.inj.SetAccessTokenTTL(0)
-	st, m := e.refresh(id, str(m, "refresh_token"))
+	st, m := e.Refresh(id, astest.Str(m, "refresh_token"))
 	if want := float64(authserver.DefaultAccessTokenTTL / time.Second); st != http.StatusOK || m["expires_in"] != want {
 		t.Fatalf("refresh after SetAccessTokenTTL(0): %d expires_in=%v, want %v", st, m["expires_in"], want)
 	}
