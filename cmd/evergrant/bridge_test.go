@@ -6,15 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net/http"
-	"net/http/httptest"
-	"net/url"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -24,9 +18,10 @@ import (
 
 	"github.com/evergrant/evergrant/authserver"
 	"github.com/evergrant/evergrant/client"
+	"github.com/evergrant/evergrant/internal/astest"
 	"github.com/evergrant/evergrant/internal/bridge"
+	"github.com/evergrant/evergrant/internal/fixture"
 	"github.com/evergrant/evergrant/internal/stack"
-	"github.com/evergrant/evergrant/internal/testclock"
 	"github.com/evergrant/evergrant/store"
 )
 
@@ -34,100 +29,30 @@ import (
 // stdio. The bridge's own behaviour (forwarding, sessions, event streams,
 // refusals, errors) is tested in internal/bridge.
 
-// bridgeEnv is the serve stack on httptest, a grant store, and counters of
-// what the servers saw.
+// bridgeEnv is the serve stack on httptest with a grant store and counters
+// of what the servers saw (fixture.Serve).
 //
-// clk is the stack's clock. The bridge runs on the real clock (it is
-// another process), so moving clk makes the server see the bridge's token
-// as expired or old without waiting.
+// Clock is the stack's clock. The bridge runs on the real clock (it is
+// another process), so moving Clock makes the server see the bridge's
+// token as expired or old without waiting.
 type bridgeEnv struct {
-	t   *testing.T
-	st  *stack.Stack
-	ts  *httptest.Server
-	clk *testclock.Clock
-	dir string // --config-dir
-	url string // the MCP server
-
-	refreshes atomic.Int64 // refresh grants at the token endpoint
-	mcp401    atomic.Int64 // 401s of the MCP endpoint
+	*fixture.Serve
+	t *testing.T
 }
 
 func newBridgeEnv(t *testing.T, cfg stack.Config) *bridgeEnv {
 	t.Helper()
-	e := &bridgeEnv{t: t, clk: testclock.New(time.Now()), dir: filepath.Join(t.TempDir(), "config")}
-	e.ts = httptest.NewUnstartedServer(nil)
-	base := "http://" + e.ts.Listener.Addr().String()
-	cfg.BaseURL, cfg.AutoApprove, cfg.Now = base, true, e.clk.Now
-	st, err := stack.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.st, e.url = st, st.MCPURL
-	e.ts.Config.Handler = http.HandlerFunc(e.serve)
-	e.ts.Start()
-	t.Cleanup(e.ts.Close)
-	return e
-}
-
-func (e *bridgeEnv) serve(w http.ResponseWriter, r *http.Request) {
-	if r.Method == http.MethodPost && r.URL.Path == authserver.PathToken {
-		body, _ := io.ReadAll(r.Body)
-		r.Body = io.NopCloser(bytes.NewReader(body))
-		if f, err := url.ParseQuery(string(body)); err == nil && f.Get("grant_type") == "refresh_token" {
-			e.refreshes.Add(1)
-		}
-	}
-	if r.URL.Path != stack.MCPPath {
-		e.st.Handler.ServeHTTP(w, r)
-		return
-	}
-	e.st.Handler.ServeHTTP(&bridgeStatusWriter{ResponseWriter: w, e: e}, r)
-}
-
-// bridgeStatusWriter counts the MCP endpoint's 401s.
-type bridgeStatusWriter struct {
-	http.ResponseWriter
-	e    *bridgeEnv
-	once sync.Once
-}
-
-func (w *bridgeStatusWriter) WriteHeader(c int) {
-	w.once.Do(func() {
-		if c == http.StatusUnauthorized {
-			w.e.mcp401.Add(1)
-		}
-	})
-	w.ResponseWriter.WriteHeader(c)
-}
-
-func (w *bridgeStatusWriter) Write(b []byte) (int, error) {
-	w.once.Do(func() {})
-	return w.ResponseWriter.Write(b)
-}
-func (w *bridgeStatusWriter) Flush()                      { http.NewResponseController(w.ResponseWriter).Flush() }
-func (w *bridgeStatusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
-
-// login stores a grant in the config dir, as "evergrant login" would.
-func (e *bridgeEnv) login(ctx context.Context) {
-	e.t.Helper()
-	fs, err := store.OpenFile(e.dir)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	tr := client.NewTransport(client.Config{Store: fs, Authorizer: &client.HeadlessAuthorizer{}})
-	if err := tr.Authorize(ctx, e.url); err != nil {
-		e.t.Fatalf("login: %v", err)
-	}
+	return &bridgeEnv{Serve: fixture.NewServe(t, cfg), t: t}
 }
 
 // grant is the stored grant.
 func (e *bridgeEnv) grant() *store.Grant {
 	e.t.Helper()
-	fs, err := store.OpenFile(e.dir)
+	fs, err := store.OpenFile(e.Dir)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	key, _ := client.ServerKey(e.url)
+	key, _ := client.ServerKey(e.URL)
 	g, err := fs.Load(context.Background(), key)
 	if err != nil {
 		e.t.Fatalf("load grant: %v", err)
@@ -148,30 +73,12 @@ func bridgeBinary(t *testing.T) string {
 	return bin
 }
 
-// bridgeBuffer is a goroutine-safe buffer for a process's stderr.
-type bridgeBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *bridgeBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *bridgeBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // startHost runs "evergrant bridge" as a host would (the official Go
 // SDK's CommandTransport) and connects to it.
-func (e *bridgeEnv) startHost(ctx context.Context, bin string, opts *mcp.ClientOptions) (*mcp.ClientSession, *exec.Cmd, *bridgeBuffer) {
+func (e *bridgeEnv) startHost(ctx context.Context, bin string, opts *mcp.ClientOptions) (*mcp.ClientSession, *exec.Cmd, *astest.SyncBuffer) {
 	e.t.Helper()
-	cmd := exec.Command(bin, "bridge", "--config-dir", e.dir, "--log-level", "debug", e.url)
-	stderr := &bridgeBuffer{}
+	cmd := exec.Command(bin, "bridge", "--config-dir", e.Dir, "--log-level", "debug", e.URL)
+	stderr := &astest.SyncBuffer{}
 	cmd.Stderr = stderr
 	cl := mcp.NewClient(&mcp.Implementation{Name: "test-host", Version: "1"}, opts)
 	sess, err := cl.Connect(ctx, &mcp.CommandTransport{Command: cmd, TerminateDuration: 10 * time.Second}, nil)
@@ -192,7 +99,7 @@ func bridgeReauthError(t *testing.T, e *bridgeEnv, err error) map[string]any {
 	if we.Code != bridge.CodeNeedsReauth {
 		t.Errorf("code %d, want %d (%s)", we.Code, bridge.CodeNeedsReauth, we.Message)
 	}
-	wantHint := "sign in again with: evergrant login --config-dir " + e.dir + " " + e.url
+	wantHint := "sign in again with: evergrant login --config-dir " + e.Dir + " " + e.URL
 	if !strings.Contains(we.Message, wantHint) {
 		t.Errorf("message %q lacks %q", we.Message, wantHint)
 	}
@@ -200,7 +107,7 @@ func bridgeReauthError(t *testing.T, e *bridgeEnv, err error) map[string]any {
 	if err := json.Unmarshal(we.Data, &data); err != nil {
 		t.Fatalf("data %s: %v", we.Data, err)
 	}
-	if data["reason"] != "needs_reauth" || data["server"] != e.url || data["login"] != strings.TrimPrefix(wantHint, "sign in again with: ") {
+	if data["reason"] != "needs_reauth" || data["server"] != e.URL || data["login"] != strings.TrimPrefix(wantHint, "sign in again with: ") {
 		t.Errorf("data %s", we.Data)
 	}
 	return data
@@ -227,7 +134,7 @@ func TestBridge_HostThroughExpiryUpstreamSignalAndRevocation(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	e := newBridgeEnv(t, stack.Config{UpstreamTokenMaxAge: 10 * time.Minute})
-	e.login(ctx)
+	e.Login(ctx)
 	secrets := map[string]bool{}
 	keep := func() {
 		g := e.grant()
@@ -259,15 +166,15 @@ func TestBridge_HostThroughExpiryUpstreamSignalAndRevocation(t *testing.T) {
 	if err != nil || !strings.Contains(bridgeText(who), "demo-user") {
 		t.Fatalf("whoami: %v %v", err, who)
 	}
-	if n := e.refreshes.Load(); n != 0 {
+	if n := e.Refreshes.Load(); n != 0 {
 		t.Fatalf("%d refreshes before any expiry", n)
 	}
 
 	// The access token expires (server side): a 401, one refresh, the call
 	// succeeds.
-	e.clk.Advance(2 * time.Hour)
+	e.Clock.Advance(2 * time.Hour)
 	search("expired")
-	if n, u := e.refreshes.Load(), e.mcp401.Load(); n != 1 || u != 1 {
+	if n, u := e.Refreshes.Load(), e.Unauthorized.Load(); n != 1 || u != 1 {
 		t.Fatalf("after expiry: %d refreshes, %d 401s; want 1 and 1", n, u)
 	}
 	keep()
@@ -275,22 +182,22 @@ func TestBridge_HostThroughExpiryUpstreamSignalAndRevocation(t *testing.T) {
 	// The upstream rejects the 11-minute-old token: upstream_search
 	// signals, the MCP endpoint answers 401, one refresh, the call
 	// succeeds.
-	e.clk.Advance(11 * time.Minute)
+	e.Clock.Advance(11 * time.Minute)
 	search("signal")
-	if n, u := e.refreshes.Load(), e.mcp401.Load(); n != 2 || u != 2 {
+	if n, u := e.Refreshes.Load(), e.Unauthorized.Load(); n != 2 || u != 2 {
 		t.Fatalf("after the upstream's signal: %d refreshes, %d 401s; want 2 and 2", n, u)
 	}
 	keep()
 
 	// The grant is revoked and the access token expires: the refresh is
 	// refused, the pending call gets the needs_reauth error.
-	if n, err := e.st.AS.RevokeGrants(ctx, authserver.GrantFilter{}); err != nil || n != 1 {
+	if n, err := e.Stack.AS.RevokeGrants(ctx, authserver.GrantFilter{}); err != nil || n != 1 {
 		t.Fatalf("revoke: %d %v", n, err)
 	}
-	e.clk.Advance(2 * time.Hour)
+	e.Clock.Advance(2 * time.Hour)
 	_, err = sess.CallTool(ctx, &mcp.CallToolParams{Name: "upstream_search", Arguments: map[string]any{"query": "revoked"}})
 	data := bridgeReauthError(t, e, err)
-	if data["cause"] != string(client.ReasonRefreshRejected) || data["error"] != "invalid_grant" || data["issuer"] != e.st.Issuer {
+	if data["cause"] != string(client.ReasonRefreshRejected) || data["error"] != "invalid_grant" || data["issuer"] != e.Stack.Issuer {
 		t.Errorf("data %v", data)
 	}
 	var we *jsonrpc.Error
@@ -317,7 +224,7 @@ func TestBridge_HostThroughExpiryUpstreamSignalAndRevocation(t *testing.T) {
 	}
 
 	// The user signs in again from a terminal: the same host session works.
-	e.login(ctx)
+	e.Login(ctx)
 	keep()
 	search("again")
 
@@ -351,10 +258,10 @@ func TestBridge_TwoProcessesRefreshOnce(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	e := newBridgeEnv(t, stack.Config{})
-	e.login(ctx)
+	e.Login(ctx)
 	var sessions []*mcp.ClientSession
 	var cmds []*exec.Cmd
-	var stderrs []*bridgeBuffer
+	var stderrs []*astest.SyncBuffer
 	for range 2 {
 		sess, cmd, stderr := e.startHost(ctx, bin, nil)
 		defer func() {
@@ -381,8 +288,8 @@ func TestBridge_TwoProcessesRefreshOnce(t *testing.T) {
 	}
 	rt0 := e.grant().RefreshToken
 	for round := range 2 {
-		e.clk.Advance(2 * time.Hour)
-		u0 := e.mcp401.Load()
+		e.Clock.Advance(2 * time.Hour)
+		u0 := e.Unauthorized.Load()
 		errs := make(chan error, len(sessions))
 		for _, s := range sessions {
 			go func() { errs <- whoami(s) }()
@@ -392,10 +299,10 @@ func TestBridge_TwoProcessesRefreshOnce(t *testing.T) {
 				t.Fatalf("round %d: %v", round, err)
 			}
 		}
-		if u := e.mcp401.Load() - u0; u != 2 {
+		if u := e.Unauthorized.Load() - u0; u != 2 {
 			t.Errorf("round %d: %d 401s, want 2 (both bridges held the expired token)", round, u)
 		}
-		if n := e.refreshes.Load(); n != int64(round+1) {
+		if n := e.Refreshes.Load(); n != int64(round+1) {
 			t.Fatalf("round %d: %d refresh grants in all, want %d", round, n, round+1)
 		}
 	}

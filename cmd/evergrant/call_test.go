@@ -28,11 +28,11 @@ import (
 // command), login again, logout.
 func TestToolsAndCall_Lifecycle(t *testing.T) {
 	e := newCLIEnv(t, stack.Config{UpstreamTokenMaxAge: 10 * time.Minute})
-	hint := "\nsign in again with: evergrant login --config-dir " + e.dir + " " + e.url + "\n"
+	hint := "\nsign in again with: evergrant login --config-dir " + e.Dir + " " + e.URL + "\n"
 
 	// No grant yet: tools and call never open a browser, they say how to
 	// sign in and exit 3.
-	for _, args := range [][]string{{"tools", e.url}, {"call", e.url, "whoami"}} {
+	for _, args := range [][]string{{"tools", e.URL}, {"call", e.URL, "whoami"}} {
 		_, errs := e.mustRun(exitNeedsReauth, args[0], args[1:]...)
 		if !strings.Contains(errs, hint) {
 			t.Errorf("%s without a grant: stderr lacks %q:\n%s", args[0], hint, errs)
@@ -42,18 +42,18 @@ func TestToolsAndCall_Lifecycle(t *testing.T) {
 		t.Fatalf("tools/call opened %d authorization URLs", n)
 	}
 
-	e.mustRun(0, "login", e.url)
+	e.mustRun(0, "login", e.URL)
 	logins := e.calls.Load()
 	g0 := e.grant()
 
-	out, errs := e.mustRun(0, "tools", e.url)
+	out, errs := e.mustRun(0, "tools", e.URL)
 	if errs != "" {
 		t.Errorf("tools stderr:\n%s", errs)
 	}
 	if !regexpLine(out, `^NAME\s+DESCRIPTION$`) || !regexpLine(out, `^whoami\s+Who the caller is`) || !regexpLine(out, `^upstream_search\s+Search the upstream`) {
 		t.Errorf("tools:\n%s", out)
 	}
-	jout, _ := e.mustRun(0, "tools", "--json", e.url)
+	jout, _ := e.mustRun(0, "tools", "--json", e.URL)
 	var tools []*mcp.Tool
 	if err := json.Unmarshal([]byte(jout), &tools); err != nil || len(tools) != 3 {
 		t.Fatalf("tools --json: %v\n%s", err, jout)
@@ -66,11 +66,11 @@ func TestToolsAndCall_Lifecycle(t *testing.T) {
 		t.Errorf("tools --json: %v", names)
 	}
 
-	out, _ = e.mustRun(0, "call", e.url, "whoami")
+	out, _ = e.mustRun(0, "call", e.URL, "whoami")
 	if !strings.Contains(out, `"subject":"demo-user"`) {
 		t.Errorf("call whoami: %s", out)
 	}
-	jout, _ = e.mustRun(0, "call", "--json", e.url, "whoami")
+	jout, _ = e.mustRun(0, "call", "--json", e.URL, "whoami")
 	var res struct {
 		Content           []map[string]any `json:"content"`
 		StructuredContent map[string]any   `json:"structuredContent"`
@@ -80,19 +80,19 @@ func TestToolsAndCall_Lifecycle(t *testing.T) {
 		t.Errorf("call --json whoami: %v\n%s", err, jout)
 	}
 	// query=2024 parses as a JSON number, but the schema says string.
-	out, _ = e.mustRun(0, "call", e.url, "upstream_search", "query=2024")
+	out, _ = e.mustRun(0, "call", e.URL, "upstream_search", "query=2024")
 	if !strings.Contains(out, "result 1 for 2024") {
 		t.Errorf("call upstream_search query=2024: %s", out)
 	}
-	out, _ = e.mustRun(0, "call", e.url, "upstream_search", "--args", `{"query":"a"}`, "query=b c")
+	out, _ = e.mustRun(0, "call", e.URL, "upstream_search", "--args", `{"query":"a"}`, "query=b c")
 	if !strings.Contains(out, "result 1 for b c") {
 		t.Errorf("key=value over --args: %s", out)
 	}
 
 	// The access token expires: the next call refreshes silently.
 	at1 := e.grant().AccessToken
-	e.clk.Advance(2 * time.Hour)
-	out, errs = e.mustRun(0, "call", e.url, "whoami")
+	e.Clock.Advance(2 * time.Hour)
+	out, errs = e.mustRun(0, "call", e.URL, "whoami")
 	if !strings.Contains(out, "demo-user") || errs != "" {
 		t.Errorf("call after expiry:\n%s\n%s", out, errs)
 	}
@@ -102,8 +102,8 @@ func TestToolsAndCall_Lifecycle(t *testing.T) {
 	}
 	// The upstream rejects a token older than 10 minutes: upstream_search
 	// signals, the client refreshes and the call succeeds.
-	e.clk.Advance(11 * time.Minute)
-	out, errs = e.mustRun(0, "call", e.url, "upstream_search", "query=signal")
+	e.Clock.Advance(11 * time.Minute)
+	out, errs = e.mustRun(0, "call", e.URL, "upstream_search", "query=signal")
 	if !strings.Contains(out, "result 1 for signal") || errs != "" {
 		t.Errorf("call after the upstream's signal:\n%s\n%s", out, errs)
 	}
@@ -117,15 +117,15 @@ func TestToolsAndCall_Lifecycle(t *testing.T) {
 	// The grant is revoked at the authorization server: once the access
 	// token expires, the refresh is refused and the user is told exactly
 	// what to run.
-	if n, err := e.st.AS.RevokeGrants(context.Background(), authserver.GrantFilter{}); err != nil || n == 0 {
+	if n, err := e.Stack.AS.RevokeGrants(context.Background(), authserver.GrantFilter{}); err != nil || n == 0 {
 		t.Fatalf("RevokeGrants = %d, %v", n, err)
 	}
-	e.clk.Advance(2 * time.Hour)
-	_, errs = e.mustRun(exitNeedsReauth, "call", e.url, "whoami")
+	e.Clock.Advance(2 * time.Hour)
+	_, errs = e.mustRun(exitNeedsReauth, "call", e.URL, "whoami")
 	if !strings.Contains(errs, hint) || !strings.Contains(errs, "needs_reauth") {
 		t.Errorf("call after revocation: stderr lacks %q:\n%s", hint, errs)
 	}
-	_, errs = e.mustRun(exitNeedsReauth, "tools", e.url)
+	_, errs = e.mustRun(exitNeedsReauth, "tools", e.URL)
 	if !strings.Contains(errs, hint) {
 		t.Errorf("tools after revocation: stderr lacks %q:\n%s", hint, errs)
 	}
@@ -134,23 +134,23 @@ func TestToolsAndCall_Lifecycle(t *testing.T) {
 		t.Errorf("status after revocation:\n%s\n%s", out, errs)
 	}
 
-	e.mustRun(0, "login", e.url)
-	out, _ = e.mustRun(0, "call", e.url, "whoami")
+	e.mustRun(0, "login", e.URL)
+	out, _ = e.mustRun(0, "call", e.URL, "whoami")
 	if !strings.Contains(out, "demo-user") {
 		t.Errorf("call after signing in again: %s", out)
 	}
 	g := e.grant()
-	out, _ = e.mustRun(0, "logout", e.url)
+	out, _ = e.mustRun(0, "logout", e.URL)
 	if !strings.Contains(out, "Revoked the refresh token") {
 		t.Errorf("logout: %s", out)
 	}
-	_, errs = e.mustRun(exitNeedsReauth, "call", e.url, "whoami")
+	_, errs = e.mustRun(exitNeedsReauth, "call", e.URL, "whoami")
 	if !strings.Contains(errs, hint) {
 		t.Errorf("call after logout:\n%s", errs)
 	}
 	noSecrets(t, g0, out, errs)
 	noSecrets(t, g, out, errs)
-	checkPerms(t, e.dir)
+	checkPerms(t, e.Dir)
 }
 
 // regexpLine reports whether a line of s matches the regular expression.
@@ -316,11 +316,11 @@ func TestParseArgs_Interspersed(t *testing.T) {
 // The session helper keeps a NeedsReauthError findable through the SDK.
 func TestConnectSession_NoGrant(t *testing.T) {
 	e := newCLIEnv(t, stack.Config{})
-	st, err := (&globalFlags{configDir: e.dir}).openStore()
+	st, err := (&globalFlags{configDir: e.Dir}).openStore()
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = connectSession(context.Background(), e.url, sessionConfig{Store: st})
+	_, err = connectSession(context.Background(), e.URL, sessionConfig{Store: st})
 	var ne *client.NeedsReauthError
 	if !errors.As(err, &ne) || ne.Reason != client.ReasonNoGrant {
 		t.Fatalf("connect without a grant: %v", err)

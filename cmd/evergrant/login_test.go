@@ -23,65 +23,30 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/evergrant/evergrant/client"
+	"github.com/evergrant/evergrant/internal/fixture"
 	"github.com/evergrant/evergrant/internal/stack"
-	"github.com/evergrant/evergrant/internal/testclock"
 	"github.com/evergrant/evergrant/store"
 )
 
-// swapHandler lets a test replace the stack behind a listener (a
-// restarted `evergrant serve` that forgot its clients).
-type swapHandler struct{ h atomic.Pointer[http.Handler] }
-
-func (s *swapHandler) set(h http.Handler) { s.h.Store(&h) }
-func (s *swapHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	(*s.h.Load()).ServeHTTP(w, r)
-}
-
 // cliEnv is the `evergrant serve` stack on httptest (auto-approve) and a
-// temporary config dir, for running the commands in-process.
+// temporary config dir (fixture.Serve), for running the commands
+// in-process; Restart stands for a restarted `evergrant serve` that forgot
+// its clients.
 //
-// clk is the stack's clock, which the tests move forward to expire tokens
+// Clock is the stack's clock, which the tests move forward to expire tokens
 // at the authorization server and the MCP server without waiting.
 type cliEnv struct {
+	*fixture.Serve
 	t     *testing.T
-	cfg   stack.Config
-	st    *stack.Stack
-	clk   *testclock.Clock
-	srv   *httptest.Server
-	swap  *swapHandler
-	url   string // the MCP server
-	dir   string // --config-dir
 	open  func(string) error
 	calls atomic.Int32 // authorization URLs opened
 }
 
 func newCLIEnv(t *testing.T, cfg stack.Config) *cliEnv {
 	t.Helper()
-	e := &cliEnv{t: t, clk: testclock.New(time.Now()), swap: &swapHandler{}}
-	e.srv = httptest.NewUnstartedServer(e.swap)
-	cfg.BaseURL = "http://" + e.srv.Listener.Addr().String()
-	cfg.AutoApprove = true
-	cfg.Now = e.clk.Now
-	e.cfg = cfg
-	e.restartStack()
-	e.srv.Start()
-	t.Cleanup(e.srv.Close)
-	e.url = e.st.MCPURL
-	e.dir = filepath.Join(t.TempDir(), "config")
+	e := &cliEnv{Serve: fixture.NewServe(t, cfg), t: t}
 	e.open = e.followRedirects
 	return e
-}
-
-// restartStack puts a new stack (a new authorization server that knows no
-// client and no grant) behind the listener.
-func (e *cliEnv) restartStack() {
-	e.t.Helper()
-	st, err := stack.New(e.cfg)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	e.st = st
-	e.swap.set(st.Handler)
 }
 
 // followRedirects is the browser of the tests: it follows the
@@ -109,7 +74,7 @@ func (e *cliEnv) run(cmd string, args ...string) (int, string, string) {
 	defer cancel()
 	ctx = withOpener(ctx, e.open)
 	var out, errb bytes.Buffer
-	code := run(ctx, append([]string{cmd, "--config-dir", e.dir}, args...), &out, &errb)
+	code := run(ctx, append([]string{cmd, "--config-dir", e.Dir}, args...), &out, &errb)
 	return code, out.String(), errb.String()
 }
 
@@ -126,11 +91,11 @@ func (e *cliEnv) mustRun(want int, cmd string, args ...string) (string, string) 
 // grant returns the stored grant for the MCP server, or nil.
 func (e *cliEnv) grant() *store.Grant {
 	e.t.Helper()
-	st, err := store.OpenFile(e.dir)
+	st, err := store.OpenFile(e.Dir)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	g, err := st.Load(context.Background(), e.url)
+	g, err := st.Load(context.Background(), e.URL)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil
 	}
@@ -192,27 +157,27 @@ func checkPerms(t *testing.T, dir string) {
 
 func TestLogin_HeadlessThenStatus(t *testing.T) {
 	e := newCLIEnv(t, stack.Config{})
-	out, errs := e.mustRun(0, "login", e.url)
-	for _, want := range []string{"Signed in to " + e.url, "issuer:", e.st.Issuer, "mcp:tools", "access token:   in 1h (", "refresh token:  yes"} {
+	out, errs := e.mustRun(0, "login", e.URL)
+	for _, want := range []string{"Signed in to " + e.URL, "issuer:", e.Stack.Issuer, "mcp:tools", "access token:   in 1h (", "refresh token:  yes"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("login output lacks %q:\n%s", want, out)
 		}
 	}
-	if !strings.Contains("\n"+errs, "\nopen: "+e.st.Issuer+"/authorize?") {
+	if !strings.Contains("\n"+errs, "\nopen: "+e.Stack.Issuer+"/authorize?") {
 		t.Errorf("login stderr lacks the open: line:\n%s", errs)
 	}
 	g := e.grant()
 	if g == nil || g.AccessToken == "" || g.RefreshToken == "" || g.RevocationEndpoint == "" {
 		t.Fatalf("stored grant %+v", g != nil)
 	}
-	checkPerms(t, e.dir)
+	checkPerms(t, e.Dir)
 
-	jout, jerrs := e.mustRun(0, "login", "--json", e.url, "--scope", "mcp:tools")
+	jout, jerrs := e.mustRun(0, "login", "--json", e.URL, "--scope", "mcp:tools")
 	var li grantInfo
 	if err := json.Unmarshal([]byte(jout), &li); err != nil {
 		t.Fatalf("login --json: %v\n%s", err, jout)
 	}
-	if li.Server != e.url || li.Issuer != e.st.Issuer || !li.HasRefreshToken || !li.HasAccessToken || li.Expires == nil || li.Expired {
+	if li.Server != e.URL || li.Issuer != e.Stack.Issuer || !li.HasRefreshToken || !li.HasAccessToken || li.Expires == nil || li.Expired {
 		t.Errorf("login --json = %+v", li)
 	}
 	g2 := e.grant()
@@ -225,7 +190,7 @@ func TestLogin_HeadlessThenStatus(t *testing.T) {
 	if len(lines) != 2 || !strings.HasPrefix(lines[0], "SERVER") || !strings.Contains(lines[0], "REFRESH") {
 		t.Fatalf("status table:\n%s", sout)
 	}
-	for _, want := range []string{e.url, e.st.Issuer, "mcp:tools", "in 1h (", "yes"} {
+	for _, want := range []string{e.URL, e.Stack.Issuer, "mcp:tools", "in 1h (", "yes"} {
 		if !strings.Contains(lines[1], want) {
 			t.Errorf("status row lacks %q: %s", want, lines[1])
 		}
@@ -245,7 +210,7 @@ func TestLogin_HeadlessThenStatus(t *testing.T) {
 	}
 	noSecrets(t, g, out, errs, jout, jerrs, sout, serrs, jsout)
 	noSecrets(t, g2, jout, jerrs, sout, serrs, jsout)
-	checkPerms(t, e.dir)
+	checkPerms(t, e.Dir)
 }
 
 // TestLogin_NoRefreshTokenNote: when the authorization server issues no
@@ -254,8 +219,8 @@ func TestLogin_HeadlessThenStatus(t *testing.T) {
 // (docs/design.md#client-discovery).
 func TestLogin_NoRefreshTokenNote(t *testing.T) {
 	e := newCLIEnv(t, stack.Config{Faults: true})
-	e.st.Faults.WithholdRefreshTokens(true)
-	out, errs := e.mustRun(0, "login", e.url)
+	e.Stack.Faults.WithholdRefreshTokens(true)
+	out, errs := e.mustRun(0, "login", e.URL)
 	if !strings.Contains(out, "refresh token:  no") {
 		t.Errorf("login output does not say there is no refresh token:\n%s", out)
 	}
@@ -267,8 +232,8 @@ func TestLogin_NoRefreshTokenNote(t *testing.T) {
 		t.Fatalf("stored grant: want one without a refresh token")
 	}
 	// With a refresh token, no note.
-	e.st.Faults.WithholdRefreshTokens(false)
-	_, errs = e.mustRun(0, "login", e.url)
+	e.Stack.Faults.WithholdRefreshTokens(false)
+	_, errs = e.mustRun(0, "login", e.URL)
 	if strings.Contains(errs, "issued no refresh token") {
 		t.Errorf("login with a refresh token printed the note:\n%s", errs)
 	}
@@ -285,7 +250,7 @@ func TestLogin_NoBrowserPrintsURLAndWaits(t *testing.T) {
 	var out bytes.Buffer
 	done := make(chan int, 1)
 	go func() {
-		done <- run(ctx, []string{"login", "--config-dir", e.dir, "--no-browser", e.url}, &out, errw)
+		done <- run(ctx, []string{"login", "--config-dir", e.Dir, "--no-browser", e.URL}, &out, errw)
 	}()
 	var authURL string
 	var seen []string
@@ -320,7 +285,7 @@ func TestLogin_NoBrowserPrintsURLAndWaits(t *testing.T) {
 	if !strings.Contains(all, "waiting for the sign-in") {
 		t.Errorf("stderr lacks the waiting line:\n%s", all)
 	}
-	if !strings.Contains(out.String(), "Signed in to "+e.url) {
+	if !strings.Contains(out.String(), "Signed in to "+e.URL) {
 		t.Errorf("stdout: %s", out.String())
 	}
 	if g := e.grant(); g == nil || g.RefreshToken == "" {
@@ -367,12 +332,12 @@ func TestLogin_Failures(t *testing.T) {
 		want string
 	}{
 		{"no URL", nil, exitUsage, "missing arguments"},
-		{"two URLs", []string{e.url, e.url}, exitUsage, "unexpected argument"},
+		{"two URLs", []string{e.URL, e.URL}, exitUsage, "unexpected argument"},
 		{"not http", []string{"ftp://example.com/mcp"}, exitUsage, "http:// or https://"},
 		{"plain http remote", []string{"http://mcp.example.com/mcp"}, exitUsage, "loopback"},
-		{"listen not loopback", []string{"--listen", "0.0.0.0:0", e.url}, exitUsage, "not a loopback"},
-		{"bad log level", []string{"--log-level", "loud", e.url}, exitUsage, "--log-level"},
-		{"unknown flag", []string{"--browser", e.url}, exitUsage, "flag provided but not defined"},
+		{"listen not loopback", []string{"--listen", "0.0.0.0:0", e.URL}, exitUsage, "not a loopback"},
+		{"bad log level", []string{"--log-level", "loud", e.URL}, exitUsage, "--log-level"},
+		{"unknown flag", []string{"--browser", e.URL}, exitUsage, "flag provided but not defined"},
 		{"no server", []string{"http://127.0.0.1:1/mcp"}, exitError, "sign-in failed"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -390,12 +355,12 @@ func TestLogin_Failures(t *testing.T) {
 func TestLogin_TimeoutAndDeniedBrowser(t *testing.T) {
 	e := newCLIEnv(t, stack.Config{})
 	e.open = func(string) error { return nil } // nobody ever signs in
-	code, _, errs := e.run("login", "--timeout", "300ms", e.url)
+	code, _, errs := e.run("login", "--timeout", "300ms", e.URL)
 	if code != exitError || !strings.Contains(errs, "no sign-in within 300ms") {
 		t.Errorf("exit %d, stderr:\n%s", code, errs)
 	}
 	e.open = func(string) error { return errors.New("no display") }
-	code, _, errs = e.run("login", e.url)
+	code, _, errs = e.run("login", e.URL)
 	if code != exitError || !strings.Contains(errs, "sign-in failed") || !strings.Contains(errs, "no display") {
 		t.Errorf("exit %d, stderr:\n%s", code, errs)
 	}
@@ -411,39 +376,39 @@ func TestLogin_TimeoutAndDeniedBrowser(t *testing.T) {
 // forgotten and a plain login works.
 func TestLogin_NewClientAfterServerForgotRegistration(t *testing.T) {
 	e := newCLIEnv(t, stack.Config{})
-	e.mustRun(0, "login", e.url)
-	e.restartStack()
-	_, errs := e.mustRun(exitError, "login", e.url)
+	e.mustRun(0, "login", e.URL)
+	e.Restart()
+	_, errs := e.mustRun(exitError, "login", e.URL)
 	if !strings.Contains(errs, "sign-in failed") {
 		t.Errorf("login with a forgotten registration:\n%s", errs)
 	}
-	e.mustRun(0, "login", "--new-client", e.url)
-	out, _ := e.mustRun(0, "call", e.url, "whoami")
+	e.mustRun(0, "login", "--new-client", e.URL)
+	out, _ := e.mustRun(0, "call", e.URL, "whoami")
 	if !strings.Contains(out, "demo-user") {
 		t.Errorf("whoami after --new-client: %s", out)
 	}
 
-	e.restartStack()
-	e.clk.Advance(2 * time.Hour) // the old access token is also rejected for age
-	_, errs = e.mustRun(exitNeedsReauth, "call", e.url, "whoami")
-	if !strings.Contains(errs, "\nsign in again with: evergrant login --new-client --config-dir "+e.dir+" "+e.url+"\n") {
+	e.Restart()
+	e.Clock.Advance(2 * time.Hour) // the old access token is also rejected for age
+	_, errs = e.mustRun(exitNeedsReauth, "call", e.URL, "whoami")
+	if !strings.Contains(errs, "\nsign in again with: evergrant login --new-client --config-dir "+e.Dir+" "+e.URL+"\n") {
 		t.Errorf("call stderr lacks the --new-client hint:\n%s", errs)
 	}
 	// The refusal made the client forget the registration: a plain login
 	// registers again and works.
-	e.mustRun(0, "login", e.url)
-	if out, _ := e.mustRun(0, "call", e.url, "whoami"); !strings.Contains(out, "demo-user") {
+	e.mustRun(0, "login", e.URL)
+	if out, _ := e.mustRun(0, "call", e.URL, "whoami"); !strings.Contains(out, "demo-user") {
 		t.Errorf("whoami after the new login: %s", out)
 	}
 }
 
 func TestLogout_RevokesAndDeletes(t *testing.T) {
 	e := newCLIEnv(t, stack.Config{})
-	e.mustRun(0, "login", e.url)
+	e.mustRun(0, "login", e.URL)
 	g := e.grant()
-	out, errs := e.mustRun(0, "logout", e.url)
-	if !strings.Contains(out, "Revoked the refresh token and the access token at "+e.st.Issuer) ||
-		!strings.Contains(out, "Deleted the grant for "+e.url) {
+	out, errs := e.mustRun(0, "logout", e.URL)
+	if !strings.Contains(out, "Revoked the refresh token and the access token at "+e.Stack.Issuer) ||
+		!strings.Contains(out, "Deleted the grant for "+e.URL) {
 		t.Errorf("logout output:\n%s\nstderr:\n%s", out, errs)
 	}
 	noSecrets(t, g, out, errs)
@@ -451,7 +416,7 @@ func TestLogout_RevokesAndDeletes(t *testing.T) {
 		t.Fatal("the grant is still stored")
 	}
 	// The authorization server no longer accepts the refresh token.
-	resp, err := http.PostForm(e.st.Issuer+"/token", url.Values{
+	resp, err := http.PostForm(e.Stack.Issuer+"/token", url.Values{
 		"grant_type": {"refresh_token"}, "refresh_token": {g.RefreshToken}, "client_id": {g.ClientID},
 	})
 	if err != nil {
@@ -463,18 +428,18 @@ func TestLogout_RevokesAndDeletes(t *testing.T) {
 		t.Errorf("refresh after logout: %d %s", resp.StatusCode, body)
 	}
 	// Idempotent.
-	out, _ = e.mustRun(0, "logout", e.url)
-	if !strings.Contains(out, "No grant for "+e.url) {
+	out, _ = e.mustRun(0, "logout", e.URL)
+	if !strings.Contains(out, "No grant for "+e.URL) {
 		t.Errorf("second logout: %s", out)
 	}
 	// --local does not contact the authorization server.
-	e.mustRun(0, "login", e.url)
+	e.mustRun(0, "login", e.URL)
 	g = e.grant()
-	out, _ = e.mustRun(0, "logout", "--local", e.url)
+	out, _ = e.mustRun(0, "logout", "--local", e.URL)
 	if !strings.Contains(out, "--local") || strings.Contains(out, "Revoked") || e.grant() != nil {
 		t.Errorf("logout --local:\n%s", out)
 	}
-	resp, err = http.PostForm(e.st.Issuer+"/token", url.Values{
+	resp, err = http.PostForm(e.Stack.Issuer+"/token", url.Values{
 		"grant_type": {"refresh_token"}, "refresh_token": {g.RefreshToken}, "client_id": {g.ClientID},
 	})
 	if err != nil {
@@ -586,13 +551,13 @@ func TestLogout_RevocationRequestsAndFailure(t *testing.T) {
 
 func TestStatus_CorruptFileWarnsAndListsTheGoodGrant(t *testing.T) {
 	e := newCLIEnv(t, stack.Config{})
-	e.mustRun(0, "login", e.url)
-	bad := filepath.Join(e.dir, "grants", "0123456789abcdef0123456789abcdef.json")
+	e.mustRun(0, "login", e.URL)
+	bad := filepath.Join(e.Dir, "grants", "0123456789abcdef0123456789abcdef.json")
 	if err := os.WriteFile(bad, []byte(`{"access_token": "not-json`), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	out, errs := e.mustRun(0, "status")
-	if !strings.Contains(out, e.url) {
+	if !strings.Contains(out, e.URL) {
 		t.Errorf("status does not list the good grant:\n%s", out)
 	}
 	if !strings.Contains(errs, "warning:") || !strings.Contains(errs, bad) {
@@ -603,7 +568,7 @@ func TestStatus_CorruptFileWarnsAndListsTheGoodGrant(t *testing.T) {
 	}
 	jout, jerrs := e.mustRun(0, "status", "--json")
 	var infos []grantInfo
-	if err := json.Unmarshal([]byte(jout), &infos); err != nil || len(infos) != 1 || infos[0].Server != e.url {
+	if err := json.Unmarshal([]byte(jout), &infos); err != nil || len(infos) != 1 || infos[0].Server != e.URL {
 		t.Errorf("status --json with a corrupt file: %v\n%s", err, jout)
 	}
 	if !strings.Contains(jerrs, bad) {

@@ -2,7 +2,8 @@
 // the raw OAuth flows tests drive against it (registration, PKCE
 // authorization, code exchange, refresh, introspection), with no client
 // library in between. The tests of authserver and of internal/faults use
-// it; it is never part of a command.
+// it; its SyncBuffer serves any test that reads a log or a stderr while
+// something writes it. It is never part of a command.
 package astest
 
 import (

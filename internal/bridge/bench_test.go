@@ -15,6 +15,7 @@ import (
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 
 	"github.com/evergrant/evergrant/client"
+	"github.com/evergrant/evergrant/internal/astest"
 	"github.com/evergrant/evergrant/internal/stack"
 	"github.com/evergrant/evergrant/store"
 )
@@ -86,7 +87,7 @@ func (e *benchEnv) bridged(b *testing.B) *mcp.ClientSession {
 	b.Helper()
 	inR, inW := io.Pipe()   // host -> bridge
 	outR, outW := io.Pipe() // bridge -> host
-	stderr := &syncBuffer{}
+	stderr := &astest.SyncBuffer{}
 	done := make(chan error, 1)
 	go func() {
 		done <- serveStdio(e.ctx, e.url, e.dir, slog.LevelWarn, inR, outW, stderr)

@@ -2,7 +2,6 @@ package bridge
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,9 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
-	"net/http/httptest"
-	"net/url"
-	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -24,31 +20,26 @@ import (
 
 	"github.com/evergrant/evergrant/authserver"
 	"github.com/evergrant/evergrant/client"
+	"github.com/evergrant/evergrant/internal/astest"
+	"github.com/evergrant/evergrant/internal/fixture"
 	"github.com/evergrant/evergrant/internal/stack"
-	"github.com/evergrant/evergrant/internal/testclock"
 	"github.com/evergrant/evergrant/oauth"
 	"github.com/evergrant/evergrant/server"
 	"github.com/evergrant/evergrant/store"
 )
 
-// env is the serve stack on httptest, a grant store, and counters of what
-// the servers saw.
+// env is the serve stack on httptest with a grant store and counters
+// (fixture.Serve), and a record of the MCP endpoint's requests.
 //
-// clk is the stack's clock. The bridge runs on the real clock (it has its
-// own Transport), so moving clk makes the server see the bridge's token as
-// expired or old without waiting.
+// Clock is the stack's clock. The bridge runs on the real clock (it has its
+// own Transport), so moving Clock makes the server see the bridge's token
+// as expired or old without waiting.
 type env struct {
-	t   *testing.T
-	st  *stack.Stack
-	ts  *httptest.Server
-	clk *testclock.Clock
-	dir string // the grant store, as evergrant's --config-dir
-	url string // the MCP server
+	*fixture.Serve
+	t *testing.T
 
-	mcp       atomic.Pointer[http.Handler] // replaces the stack's MCP server when set
-	refreshes atomic.Int64                 // refresh grants at the token endpoint
-	mcp401    atomic.Int64                 // 401s of the MCP endpoint
-	gets      atomic.Int64                 // GETs of the MCP endpoint (event streams)
+	mcp  atomic.Pointer[http.Handler] // replaces the stack's MCP server when set
+	gets atomic.Int64                 // GETs of the MCP endpoint (event streams)
 
 	mu      sync.Mutex
 	headers []http.Header // of the MCP endpoint's requests
@@ -57,33 +48,13 @@ type env struct {
 
 func newEnv(t *testing.T, cfg stack.Config) *env {
 	t.Helper()
-	e := &env{t: t, clk: testclock.New(time.Now()), dir: filepath.Join(t.TempDir(), "config")}
-	e.ts = httptest.NewUnstartedServer(nil)
-	base := "http://" + e.ts.Listener.Addr().String()
-	cfg.BaseURL, cfg.AutoApprove, cfg.Now = base, true, e.clk.Now
-	st, err := stack.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.st, e.url = st, st.MCPURL
-	e.ts.Config.Handler = http.HandlerFunc(e.serve)
-	e.ts.Start()
-	t.Cleanup(e.ts.Close)
+	e := &env{Serve: fixture.NewServe(t, cfg), t: t}
+	e.HandleMCP(http.HandlerFunc(e.serveMCP))
 	return e
 }
 
-func (e *env) serve(w http.ResponseWriter, r *http.Request) {
-	if r.Method == http.MethodPost && r.URL.Path == authserver.PathToken {
-		body, _ := io.ReadAll(r.Body)
-		r.Body = io.NopCloser(bytes.NewReader(body))
-		if f, err := url.ParseQuery(string(body)); err == nil && f.Get("grant_type") == "refresh_token" {
-			e.refreshes.Add(1)
-		}
-	}
-	if r.URL.Path != stack.MCPPath {
-		e.st.Handler.ServeHTTP(w, r)
-		return
-	}
+// serveMCP records a request to the MCP endpoint and serves it.
+func (e *env) serveMCP(w http.ResponseWriter, r *http.Request) {
 	e.mu.Lock()
 	e.headers = append(e.headers, r.Header.Clone())
 	e.methods = append(e.methods, r.Method)
@@ -91,68 +62,31 @@ func (e *env) serve(w http.ResponseWriter, r *http.Request) {
 	if r.Method == http.MethodGet {
 		e.gets.Add(1)
 	}
-	w = &statusWriter{ResponseWriter: w, e: e}
 	if h := e.mcp.Load(); h != nil {
 		(*h).ServeHTTP(w, r)
 		return
 	}
-	e.st.Handler.ServeHTTP(w, r)
+	e.Stack.Handler.ServeHTTP(w, r)
 }
-
-// statusWriter counts the MCP endpoint's 401s.
-type statusWriter struct {
-	http.ResponseWriter
-	e    *env
-	once sync.Once
-}
-
-func (w *statusWriter) WriteHeader(c int) {
-	w.once.Do(func() {
-		if c == http.StatusUnauthorized {
-			w.e.mcp401.Add(1)
-		}
-	})
-	w.ResponseWriter.WriteHeader(c)
-}
-
-func (w *statusWriter) Write(b []byte) (int, error) {
-	w.once.Do(func() {})
-	return w.ResponseWriter.Write(b)
-}
-func (w *statusWriter) Flush()                      { http.NewResponseController(w.ResponseWriter).Flush() }
-func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // useMCPServer puts srv, protected as the stack's MCP server is, in place
 // of the stack's MCP server.
 func (e *env) useMCPServer(srv *mcp.Server, opts *mcp.StreamableHTTPOptions) {
 	e.t.Helper()
-	base := e.st.Issuer
-	v, err := server.NewJWTVerifier(server.JWTConfig{Issuer: base, Audience: e.url, JWKSURL: base + authserver.PathJWKS, RequireATJWT: true, Now: e.clk.Now})
+	base := e.Stack.Issuer
+	v, err := server.NewJWTVerifier(server.JWTConfig{Issuer: base, Audience: e.URL, JWKSURL: base + authserver.PathJWKS, RequireATJWT: true, Now: e.Clock.Now})
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	mux := http.NewServeMux()
 	err = server.Protect(mux, srv, mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return srv }, opts), server.Config{
-		Resource: e.url, Verifier: v, Metadata: oauth.ProtectedResourceMetadata{AuthorizationServers: []string{base}},
+		Resource: e.URL, Verifier: v, Metadata: oauth.ProtectedResourceMetadata{AuthorizationServers: []string{base}},
 	})
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	var h http.Handler = mux
 	e.mcp.Store(&h)
-}
-
-// login stores a grant in the grant store, as "evergrant login" would.
-func (e *env) login(ctx context.Context) {
-	e.t.Helper()
-	fs, err := store.OpenFile(e.dir)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	tr := client.NewTransport(client.Config{Store: fs, Authorizer: &client.HeadlessAuthorizer{}})
-	if err := tr.Authorize(ctx, e.url); err != nil {
-		e.t.Fatalf("login: %v", err)
-	}
 }
 
 // loginCommand is the Config.LoginCommand of the tests: the one
@@ -194,24 +128,6 @@ func serveStdio(ctx context.Context, serverURL, dir string, level slog.Level, st
 	return err
 }
 
-// syncBuffer is a goroutine-safe buffer for the bridge's log.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 func text(res *mcp.CallToolResult) string {
 	var b strings.Builder
 	for _, c := range res.Content {
@@ -226,7 +142,7 @@ func text(res *mcp.CallToolResult) string {
 // for a host made of the official Go SDK's client on pipes.
 type running struct {
 	done   chan error // Serve's result
-	stderr *syncBuffer
+	stderr *astest.SyncBuffer
 }
 
 // startInProcess runs the bridge for cl (nil: a plain client) and
@@ -238,9 +154,9 @@ func (e *env) startInProcess(ctx context.Context, cl *mcp.Client) (*mcp.ClientSe
 	}
 	inR, inW := io.Pipe()   // host -> bridge
 	outR, outW := io.Pipe() // bridge -> host
-	p := &running{done: make(chan error, 1), stderr: &syncBuffer{}}
+	p := &running{done: make(chan error, 1), stderr: &astest.SyncBuffer{}}
 	go func() {
-		p.done <- serveStdio(ctx, e.url, e.dir, slog.LevelDebug, inR, outW, p.stderr)
+		p.done <- serveStdio(ctx, e.URL, e.Dir, slog.LevelDebug, inR, outW, p.stderr)
 		outW.Close()
 	}()
 	sess, err := cl.Connect(ctx, &mcp.IOTransport{Reader: outR, Writer: inW}, nil)
@@ -277,7 +193,7 @@ func TestForwardsServerMessagesBothWays(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			e := newEnv(t, stack.Config{})
-			e.login(ctx)
+			e.Login(ctx)
 
 			srv := mcp.NewServer(&mcp.Implementation{Name: "forwarding", Version: "1"}, nil)
 			sessions := make(chan *mcp.ServerSession, 1)
@@ -444,7 +360,7 @@ func TestReopensSessionTheServerForgot(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	e := newEnv(t, stack.Config{})
-	e.login(ctx)
+	e.Login(ctx)
 	newServer := func(gen string) *mcp.Server {
 		srv := mcp.NewServer(&mcp.Implementation{Name: "restarting", Version: gen}, nil)
 		mcp.AddTool(srv, &mcp.Tool{Name: "gen"}, func(context.Context, *mcp.CallToolRequest, struct{}) (*mcp.CallToolResult, any, error) {
@@ -490,7 +406,7 @@ func TestStatelessServer(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	e := newEnv(t, stack.Config{})
-	e.login(ctx)
+	e.Login(ctx)
 	srv := mcp.NewServer(&mcp.Implementation{Name: "stateless", Version: "1"}, nil)
 	mcp.AddTool(srv, &mcp.Tool{Name: "echo"}, func(_ context.Context, _ *mcp.CallToolRequest, in struct {
 		Text string `json:"text"`
@@ -509,12 +425,12 @@ func TestStatelessServer(t *testing.T) {
 	if version < statelessProtocol {
 		t.Fatalf("negotiated %q", version)
 	}
-	e.clk.Advance(2 * time.Hour) // and across an expiry
+	e.Clock.Advance(2 * time.Hour) // and across an expiry
 	res, err := sess.CallTool(ctx, &mcp.CallToolParams{Name: "echo", Arguments: map[string]any{"text": "hi"}})
 	if err != nil || text(res) != "hi" {
 		t.Fatalf("CallTool: %v %v", err, res)
 	}
-	if n := e.refreshes.Load(); n != 1 {
+	if n := e.Refreshes.Load(); n != 1 {
 		t.Errorf("%d refreshes", n)
 	}
 	if n := e.gets.Load(); n != 0 {
@@ -540,10 +456,10 @@ func TestRawStdioWithoutGrant(t *testing.T) {
 	e := newEnv(t, stack.Config{})
 	inR, inW := io.Pipe()
 	outR, outW := io.Pipe()
-	stderr := &syncBuffer{}
+	stderr := &astest.SyncBuffer{}
 	done := make(chan error, 1)
 	go func() {
-		done <- serveStdio(ctx, e.url, e.dir, slog.LevelWarn, inR, outW, stderr)
+		done <- serveStdio(ctx, e.URL, e.Dir, slog.LevelWarn, inR, outW, stderr)
 		outW.Close()
 	}()
 	lines := bufio.NewScanner(outR)
@@ -572,10 +488,10 @@ func TestRawStdioWithoutGrant(t *testing.T) {
 	m := exchange(`{"jsonrpc":"2.0","id":7,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"1"}}}`)
 	c, msg, data := errOf(m)
 	if m["id"] != float64(7) || c != CodeNeedsReauth || data["reason"] != "needs_reauth" || data["cause"] != string(client.ReasonNoGrant) ||
-		!strings.HasSuffix(msg, "sign in again with: evergrant login --config-dir "+e.dir+" "+e.url) {
+		!strings.HasSuffix(msg, "sign in again with: evergrant login --config-dir "+e.Dir+" "+e.URL) {
 		t.Errorf("initialize without a grant: %v", m)
 	}
-	if data["login"] != "evergrant login --config-dir "+e.dir+" "+e.url {
+	if data["login"] != "evergrant login --config-dir "+e.Dir+" "+e.URL {
 		t.Errorf("data.login %q", data["login"])
 	}
 	m = exchange(`this is not json`)

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/evergrant/evergrant/internal/astest"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
 )
 
@@ -24,7 +25,7 @@ import (
 type rawHost struct {
 	t      *testing.T
 	in     *io.PipeWriter
-	stderr *syncBuffer
+	stderr *astest.SyncBuffer
 	done   chan error // Serve's result
 	mu     sync.Mutex
 	got    map[string]map[string]any
@@ -37,7 +38,7 @@ func startRawHost(t *testing.T, ctx context.Context, serverURL string) *rawHost 
 	t.Helper()
 	inR, inW := io.Pipe()
 	outR, outW := io.Pipe()
-	h := &rawHost{t: t, in: inW, stderr: &syncBuffer{}, done: make(chan error, 1), got: map[string]map[string]any{}, cond: make(chan struct{})}
+	h := &rawHost{t: t, in: inW, stderr: &astest.SyncBuffer{}, done: make(chan error, 1), got: map[string]map[string]any{}, cond: make(chan struct{})}
 	dir := t.TempDir()
 	go func() {
 		h.done <- serveStdio(ctx, serverURL, dir, slog.LevelWarn, inR, outW, h.stderr)
