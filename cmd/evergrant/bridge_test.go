@@ -113,16 +113,6 @@ func bridgeReauthError(t *testing.T, e *bridgeEnv, err error) map[string]any {
 	return data
 }
 
-func bridgeText(res *mcp.CallToolResult) string {
-	var b strings.Builder
-	for _, c := range res.Content {
-		if tc, ok := c.(*mcp.TextContent); ok {
-			b.WriteString(tc.Text)
-		}
-	}
-	return b.String()
-}
-
 // A host drives the bridge binary on stdio across an access-token expiry
 // and an upstream-signaled 401 without seeing an error; then across a
 // refresh token revoked at the authorization server, where the pending
@@ -154,8 +144,8 @@ func TestBridge_HostThroughExpiryUpstreamSignalAndRevocation(t *testing.T) {
 		if err != nil {
 			t.Fatalf("CallTool(%s): %v", q, err)
 		}
-		if res.IsError || !strings.Contains(bridgeText(res), "result 1 for "+q) {
-			t.Fatalf("CallTool(%s): %s", q, bridgeText(res))
+		if res.IsError || !strings.Contains(fixture.ToolText(res), "result 1 for "+q) {
+			t.Fatalf("CallTool(%s): %s", q, fixture.ToolText(res))
 		}
 	}
 	if got := sess.InitializeResult().ServerInfo; got == nil || got.Name == "" {
@@ -163,7 +153,7 @@ func TestBridge_HostThroughExpiryUpstreamSignalAndRevocation(t *testing.T) {
 	}
 	search("first")
 	who, err := sess.CallTool(ctx, &mcp.CallToolParams{Name: "whoami"})
-	if err != nil || !strings.Contains(bridgeText(who), "demo-user") {
+	if err != nil || !strings.Contains(fixture.ToolText(who), "demo-user") {
 		t.Fatalf("whoami: %v %v", err, who)
 	}
 	if n := e.Refreshes.Load(); n != 0 {
@@ -276,8 +266,8 @@ func TestBridge_TwoProcessesRefreshOnce(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if res.IsError || !strings.Contains(bridgeText(res), "demo-user") {
-			return fmt.Errorf("whoami: %s", bridgeText(res))
+		if res.IsError || !strings.Contains(fixture.ToolText(res), "demo-user") {
+			return fmt.Errorf("whoami: %s", fixture.ToolText(res))
 		}
 		return nil
 	}
@@ -314,20 +304,9 @@ func TestBridge_TwoProcessesRefreshOnce(t *testing.T) {
 		t.Errorf("close: %v", err)
 	}
 	cmds[1].Process.Signal(syscall.SIGTERM)
-	bridgeWaitFor(t, "the bridge to see SIGTERM", func() bool { return strings.Contains(stderrs[1].String(), "interrupted") })
+	fixture.WaitFor(t, "the bridge to see SIGTERM", func() bool { return strings.Contains(stderrs[1].String(), "interrupted") })
 	if err := sessions[1].Close(); err != nil {
 		t.Errorf("exit after SIGTERM: %v", err)
-	}
-}
-
-func bridgeWaitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }
 

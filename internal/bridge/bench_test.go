@@ -16,6 +16,7 @@ import (
 
 	"github.com/evergrant/evergrant/client"
 	"github.com/evergrant/evergrant/internal/astest"
+	"github.com/evergrant/evergrant/internal/fixture"
 	"github.com/evergrant/evergrant/internal/stack"
 	"github.com/evergrant/evergrant/store"
 )
@@ -126,9 +127,9 @@ func benchWhoami(b *testing.B, ctx context.Context, sess *mcp.ClientSession) {
 			return "", err
 		}
 		if res.IsError {
-			return "", fmt.Errorf("whoami: tool error: %s", text(res))
+			return "", fmt.Errorf("whoami: tool error: %s", fixture.ToolText(res))
 		}
-		return text(res), nil
+		return fixture.ToolText(res), nil
 	}
 	if text, err := whoami(); err != nil {
 		b.Fatal(err)

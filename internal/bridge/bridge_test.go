@@ -128,16 +128,6 @@ func serveStdio(ctx context.Context, serverURL, dir string, level slog.Level, st
 	return err
 }
 
-func text(res *mcp.CallToolResult) string {
-	var b strings.Builder
-	for _, c := range res.Content {
-		if tc, ok := c.(*mcp.TextContent); ok {
-			b.WriteString(tc.Text)
-		}
-	}
-	return b.String()
-}
-
 // running is a bridge run in this process (so the race detector sees it)
 // for a host made of the official Go SDK's client on pipes.
 type running struct {
@@ -264,7 +254,7 @@ func TestForwardsServerMessagesBothWays(t *testing.T) {
 			params := &mcp.CallToolParams{Name: "roots"}
 			params.SetProgressToken("tok-1")
 			res, err := sess.CallTool(ctx, params)
-			if err != nil || res.IsError || text(res) != "file:///work" {
+			if err != nil || res.IsError || fixture.ToolText(res) != "file:///work" {
 				t.Fatalf("CallTool(roots): %v %v", err, res)
 			}
 			select {
@@ -278,10 +268,10 @@ func TestForwardsServerMessagesBothWays(t *testing.T) {
 
 			// Outside of any call: on the GET stream.
 			ss := <-sessions
-			waitFor(t, "the bridge's GET stream", func() bool { return e.gets.Load() > 0 })
+			fixture.WaitFor(t, "the bridge's GET stream", func() bool { return e.gets.Load() > 0 })
 			//lint:ignore SA1019 roots, as above.
 			var roots *mcp.ListRootsResult
-			waitFor(t, "roots/list over the GET stream", func() bool {
+			fixture.WaitFor(t, "roots/list over the GET stream", func() bool {
 				rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 				defer cancel()
 				//lint:ignore SA1019 roots, as above.
@@ -291,7 +281,7 @@ func TestForwardsServerMessagesBothWays(t *testing.T) {
 			if len(roots.Roots) != 1 || roots.Roots[0].URI != "file:///work" {
 				t.Errorf("roots %+v", roots)
 			}
-			waitFor(t, "a notification over the GET stream", func() bool {
+			fixture.WaitFor(t, "a notification over the GET stream", func() bool {
 				return ss.NotifyProgress(ctx, &mcp.ProgressNotificationParams{ProgressToken: "tok-2", Progress: 2, Message: "out of band"}) == nil
 			})
 			select {
@@ -342,17 +332,6 @@ func TestForwardsServerMessagesBothWays(t *testing.T) {
 	}
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // When the server forgets the session (it restarted), the bridge opens a
 // new one, replaying the host's initialize, and sends the request again:
 // the host sees nothing.
@@ -381,7 +360,7 @@ func TestReopensSessionTheServerForgot(t *testing.T) {
 		if err != nil {
 			t.Fatalf("CallTool: %v", err)
 		}
-		return text(res)
+		return fixture.ToolText(res)
 	}
 	if g := gen(); g != "1" {
 		t.Fatalf("gen %q", g)
@@ -427,7 +406,7 @@ func TestStatelessServer(t *testing.T) {
 	}
 	e.Clock.Advance(2 * time.Hour) // and across an expiry
 	res, err := sess.CallTool(ctx, &mcp.CallToolParams{Name: "echo", Arguments: map[string]any{"text": "hi"}})
-	if err != nil || text(res) != "hi" {
+	if err != nil || fixture.ToolText(res) != "hi" {
 		t.Fatalf("CallTool: %v %v", err, res)
 	}
 	if n := e.Refreshes.Load(); n != 1 {

@@ -16,8 +16,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/evergrant/evergrant/internal/astest"
 	"github.com/modelcontextprotocol/go-sdk/mcp"
+
+	"github.com/evergrant/evergrant/internal/astest"
 )
 
 // rawHost drives a Bridge over pipes as a host would, collecting the
