@@ -118,6 +118,30 @@ type ccRoundTripFunc func(*http.Request) (*http.Response, error)
 
 func (f ccRoundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
+// ccCancelAtRefresh is a Base for a caller that gives up while its refresh
+// is in flight: once armed is set, a request to the token endpoint calls
+// cancel (the caller's) and is held until release is called, so that the
+// token endpoint answers only after the caller has its error. The test
+// calls release then; it is also called when the test ends.
+func ccCancelAtRefresh(t *testing.T, cancel context.CancelFunc) (base http.RoundTripper, armed *atomic.Bool, release func()) {
+	armed = new(atomic.Bool)
+	gaveUp := make(chan struct{})
+	release = sync.OnceFunc(func() { close(gaveUp) })
+	t.Cleanup(release)
+	base = ccRoundTripFunc(func(r *http.Request) (*http.Response, error) {
+		if armed.Load() && strings.HasSuffix(r.URL.Path, "/token") {
+			cancel()
+			select {
+			case <-gaveUp:
+			case <-r.Context().Done():
+				return nil, r.Context().Err()
+			}
+		}
+		return http.DefaultTransport.RoundTrip(r)
+	})
+	return base, armed, release
+}
+
 // ccAuthorize starts a fixture, builds a Transport on cfg (a store.Memory
 // and a HeadlessAuthorizer unless cfg names others) and signs in.
 func ccAuthorize(t *testing.T, opts fixture.Options, cfg client.Config) (*fixture.Stack, *client.Transport) {
@@ -233,6 +257,28 @@ func (g *ccGate) wait() {
 	case <-g.all:
 	case <-time.After(hdBound):
 	}
+}
+
+// ccOldTokenGate is a Base on which each MCP request sent with the access
+// token in old (which the test sets once it has that token) waits, once
+// answered, at the gate: all n have their 401 before any refresh.
+type ccOldTokenGate struct {
+	*ccGate
+	old atomic.Value // string
+}
+
+func ccNewOldTokenGate(n int) *ccOldTokenGate {
+	g := &ccOldTokenGate{ccGate: ccNewGate(n)}
+	g.old.Store("")
+	return g
+}
+
+func (g *ccOldTokenGate) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := http.DefaultTransport.RoundTrip(r)
+	if err == nil && r.URL.Path == "/mcp" && r.Header.Get("Authorization") == "Bearer "+g.old.Load().(string) {
+		g.wait()
+	}
+	return resp, err
 }
 
 // hdBound turns a wait that would hang without a fix into a failure.

@@ -396,24 +396,7 @@ func TestRule8_CallerCancelDuringProactiveRefreshClosesBody(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
 	clock := testclock.New(time.Now())
-	var armed atomic.Bool
-	// gaveUp is closed once RoundTrip has returned.
-	gaveUp := make(chan struct{})
-	release := sync.OnceFunc(func() { close(gaveUp) })
-	t.Cleanup(release)
-	base := ccRoundTripFunc(func(r *http.Request) (*http.Response, error) {
-		if armed.Load() && strings.HasSuffix(r.URL.Path, "/token") {
-			// The refresh is on its way: the caller gives up, and the
-			// token endpoint answers only after RoundTrip returned.
-			cancel()
-			select {
-			case <-gaveUp:
-			case <-r.Context().Done():
-				return nil, r.Context().Err()
-			}
-		}
-		return http.DefaultTransport.RoundTrip(r)
-	})
+	base, armed, release := ccCancelAtRefresh(t, cancel)
 	refreshed := make(chan client.RefreshEvent, 2)
 	st, tr := ccAuthorize(t, fixture.Options{AccessTokenTTL: 10 * time.Minute}, client.Config{
 		Base: base, Now: clock.Now, OnRefresh: func(ev client.RefreshEvent) { refreshed <- ev },

@@ -13,7 +13,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -29,26 +28,17 @@ import (
 // each is retried once with its result (docs/design.md#client-rule-7).
 func TestRule7_FiftyConcurrentRequestsOneRefresh(t *testing.T) {
 	const n = 50
-	gate := ccNewGate(n)
-	var old atomic.Value // the access token before the expiry
-	old.Store("")
-	base := ccRoundTripFunc(func(r *http.Request) (*http.Response, error) {
-		resp, err := http.DefaultTransport.RoundTrip(r)
-		if err == nil && r.URL.Path == "/mcp" && r.Header.Get("Authorization") == "Bearer "+old.Load().(string) {
-			// Every request with the old token has got its 401 before any
-			// of them refreshes.
-			gate.wait()
-		}
-		return resp, err
-	})
+	// Every request with the old token (the one before the expiry) has got
+	// its 401 before any of them refreshes.
+	gate := ccNewOldTokenGate(n)
 	var events atomic.Int32
 	st, tr := ccAuthorize(t, fixture.Options{}, client.Config{
-		Base:      base,
+		Base:      gate,
 		OnRefresh: func(client.RefreshEvent) { events.Add(1) },
 	})
 	hc := &http.Client{Transport: tr}
 	tok := ccAccessToken(t, tr, st)
-	old.Store(tok)
+	gate.old.Store(tok)
 	ccForceOld(st, tok)
 
 	start := make(chan struct{})
@@ -220,24 +210,7 @@ func TestRule7_LateUnauthorizedForReplacedTokenSendsNoRefresh(t *testing.T) {
 func TestRule7_CallerCancelDoesNotCancelRefresh(t *testing.T) {
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
-	var armed atomic.Bool
-	// gaveUp is closed once the caller has its error.
-	gaveUp := make(chan struct{})
-	release := sync.OnceFunc(func() { close(gaveUp) })
-	t.Cleanup(release)
-	base := ccRoundTripFunc(func(r *http.Request) (*http.Response, error) {
-		if armed.Load() && strings.HasSuffix(r.URL.Path, "/token") {
-			// The refresh is on its way: the caller gives up, and the
-			// token endpoint answers only after the caller returned.
-			cancel()
-			select {
-			case <-gaveUp:
-			case <-r.Context().Done():
-				return nil, r.Context().Err()
-			}
-		}
-		return http.DefaultTransport.RoundTrip(r)
-	})
+	base, armed, release := ccCancelAtRefresh(t, cancel)
 	refreshed := make(chan client.RefreshEvent, 4)
 	st, tr := ccAuthorize(t, fixture.Options{}, client.Config{
 		Base:      base,
@@ -452,21 +425,12 @@ func TestRule7_HooksDoNotHoldUpOtherWaiters(t *testing.T) {
 	var enterOnce, releaseOnce sync.Once
 	free := func() { releaseOnce.Do(func() { close(release) }) }
 	t.Cleanup(free)
-	gate := ccNewGate(2) // both requests have their 401 before the refresh
-	var old atomic.Value
-	old.Store("")
-	base := ccRoundTripFunc(func(r *http.Request) (*http.Response, error) {
-		resp, err := http.DefaultTransport.RoundTrip(r)
-		if err == nil && r.URL.Path == "/mcp" && r.Header.Get("Authorization") == "Bearer "+old.Load().(string) {
-			gate.wait()
-		}
-		return resp, err
-	})
-	r := newRig(t, fixture.Options{}, client.Config{Base: base, OnRefresh: func(client.RefreshEvent) {
+	gate := ccNewOldTokenGate(2) // both requests have their 401 before the refresh
+	r := newRig(t, fixture.Options{}, client.Config{Base: gate, OnRefresh: func(client.RefreshEvent) {
 		enterOnce.Do(func() { close(entered); <-release })
 	}})
-	old.Store(r.grant().AccessToken)
-	ccForceOld(r.st, old.Load().(string))
+	gate.old.Store(r.grant().AccessToken)
+	ccForceOld(r.st, gate.old.Load().(string))
 	done := make(chan error, 2)
 	for i := range 2 {
 		go func() {
