@@ -151,61 +151,40 @@ func fullRegistration(issuer, redirectURI string) *store.Registration {
 // Equal (the same instant), Scopes with nil equal to empty. It never
 // prints token values, only which fields differ.
 func grantDiff(got, want *store.Grant) string {
-	if got == nil || want == nil {
-		if got != want {
-			return fmt.Sprintf("got a grant: %v, want one: %v", got != nil, want != nil)
-		}
-		return ""
-	}
-	var d []string
-	if !got.Expiry.Equal(want.Expiry) {
-		d = append(d, fmt.Sprintf("Expiry = %v, want %v", got.Expiry, want.Expiry))
-	}
-	if !got.UpdatedAt.Equal(want.UpdatedAt) {
-		d = append(d, fmt.Sprintf("UpdatedAt = %v, want %v", got.UpdatedAt, want.UpdatedAt))
-	}
-	if !slices.Equal(got.Scopes, want.Scopes) {
-		d = append(d, fmt.Sprintf("Scopes = %q, want %q", got.Scopes, want.Scopes))
-	}
-	g, w := reflect.ValueOf(*got), reflect.ValueOf(*want)
-	for i := range g.NumField() {
-		switch name := g.Type().Field(i).Name; name {
-		case "Expiry", "UpdatedAt", "Scopes":
-		default:
-			if !reflect.DeepEqual(g.Field(i).Interface(), w.Field(i).Interface()) {
-				d = append(d, name+" differs")
-			}
-		}
-	}
-	return strings.Join(d, "; ")
+	return recordDiff("grant", got, want, []string{"Expiry", "UpdatedAt"}, "Scopes")
 }
 
 // registrationDiff is grantDiff for registrations.
 func registrationDiff(got, want *store.Registration) string {
+	return recordDiff("registration", got, want, []string{"SecretExpiresAt", "CreatedAt"}, "RedirectURIs")
+}
+
+// recordDiff describes how got differs from want, two records (a what)
+// with the time.Time fields times and the []string field list: it prints
+// those, comparing times with Equal and list with nil equal to empty, and
+// names the other fields that differ.
+func recordDiff[T any](what string, got, want *T, times []string, list string) string {
 	if got == nil || want == nil {
 		if got != want {
-			return fmt.Sprintf("got a registration: %v, want one: %v", got != nil, want != nil)
+			return fmt.Sprintf("got a %s: %v, want one: %v", what, got != nil, want != nil)
 		}
 		return ""
 	}
+	g, w := reflect.ValueOf(got).Elem(), reflect.ValueOf(want).Elem()
 	var d []string
-	if !got.SecretExpiresAt.Equal(want.SecretExpiresAt) {
-		d = append(d, fmt.Sprintf("SecretExpiresAt = %v, want %v", got.SecretExpiresAt, want.SecretExpiresAt))
+	for _, name := range times {
+		gt, wt := g.FieldByName(name).Interface().(time.Time), w.FieldByName(name).Interface().(time.Time)
+		if !gt.Equal(wt) {
+			d = append(d, fmt.Sprintf("%s = %v, want %v", name, gt, wt))
+		}
 	}
-	if !got.CreatedAt.Equal(want.CreatedAt) {
-		d = append(d, fmt.Sprintf("CreatedAt = %v, want %v", got.CreatedAt, want.CreatedAt))
+	if gl, wl := g.FieldByName(list).Interface().([]string), w.FieldByName(list).Interface().([]string); !slices.Equal(gl, wl) {
+		d = append(d, fmt.Sprintf("%s = %q, want %q", list, gl, wl))
 	}
-	if !slices.Equal(got.RedirectURIs, want.RedirectURIs) {
-		d = append(d, fmt.Sprintf("RedirectURIs = %q, want %q", got.RedirectURIs, want.RedirectURIs))
-	}
-	g, w := reflect.ValueOf(*got), reflect.ValueOf(*want)
 	for i := range g.NumField() {
-		switch name := g.Type().Field(i).Name; name {
-		case "SecretExpiresAt", "CreatedAt", "RedirectURIs":
-		default:
-			if !reflect.DeepEqual(g.Field(i).Interface(), w.Field(i).Interface()) {
-				d = append(d, name+" differs")
-			}
+		name := g.Type().Field(i).Name
+		if name != list && !slices.Contains(times, name) && !reflect.DeepEqual(g.Field(i).Interface(), w.Field(i).Interface()) {
+			d = append(d, name+" differs")
 		}
 	}
 	return strings.Join(d, "; ")
