@@ -292,6 +292,22 @@ func requireRefreshToken(t *testing.T, u *user, fatal bool) {
 	t.Error(msg)
 }
 
+// signInWithRefreshToken signs a new user in for the test (signIn), makes
+// a first call, waits for the Transport's background work, and requires a
+// refresh token: where the checks of what happens to a grant start.
+func signInWithRefreshToken(t *testing.T, mcpURL string) *user {
+	t.Helper()
+	u := signIn(t, t, mcpURL)
+	if _, err := whoami(t.Context(), u.cs); err != nil {
+		t.Fatalf("whoami after the sign-in: %v", err)
+	}
+	if err := u.tr.Wait(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	requireRefreshToken(t, u, true)
+	return u
+}
+
 // checkSignIn checks a fresh sign-in: one pass through oidc-provider's login
 // and consent pages, a token of the expected kind for the MCP server, and a
 // call that sees who signed in.
@@ -435,14 +451,7 @@ func wantNeedsReauth(t *testing.T, err error) {
 // expired, the next call fails with a NeedsReauthError whose reason is a
 // refused refresh, and no sign-in is tried.
 func revokedRefreshToken(t *testing.T, p *oidcinterop.Provider, m *mcpServer) {
-	u := signIn(t, t, m.URL)
-	if _, err := whoami(t.Context(), u.cs); err != nil {
-		t.Fatalf("whoami after the sign-in: %v", err)
-	}
-	if err := u.tr.Wait(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	requireRefreshToken(t, u, true)
+	u := signInWithRefreshToken(t, m.URL)
 	g := u.grant(t)
 	status, code, err := p.PostForm(t.Context(), p.Metadata.RevocationEndpoint, g.ClientID,
 		url.Values{"token": {g.RefreshToken}, "token_type_hint": {"refresh_token"}})
@@ -475,14 +484,7 @@ func revokedRefreshToken(t *testing.T, p *oidcinterop.Provider, m *mcpServer) {
 // registration; oidc-provider takes it for theft and revokes the grant, and
 // the client's next refresh is refused: NeedsReauthError.
 func replayedRefreshToken(t *testing.T, p *oidcinterop.Provider, m *mcpServer) {
-	u := signIn(t, t, m.URL)
-	if _, err := whoami(t.Context(), u.cs); err != nil {
-		t.Fatalf("whoami after the sign-in: %v", err)
-	}
-	if err := u.tr.Wait(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	requireRefreshToken(t, u, true)
+	u := signInWithRefreshToken(t, m.URL)
 	g := u.grant(t)
 	old := g.RefreshToken
 	refreshes := u.tr.Stats().Refreshes
@@ -543,14 +545,7 @@ type childReport struct {
 // oidc-provider never sees a refresh token twice (which it would take for
 // theft and revoke the grant), and no call fails.
 func twoProcesses(t *testing.T, p *oidcinterop.Provider, m *mcpServer) {
-	u := signIn(t, t, m.URL)
-	if _, err := whoami(t.Context(), u.cs); err != nil {
-		t.Fatalf("whoami after the sign-in: %v", err)
-	}
-	if err := u.tr.Wait(t.Context()); err != nil {
-		t.Fatal(err)
-	}
-	requireRefreshToken(t, u, true)
+	u := signInWithRefreshToken(t, m.URL)
 	clientID := u.grant(t).ClientID
 	before, err := p.Stats(t.Context(), clientID)
 	if err != nil {
