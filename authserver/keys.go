@@ -1,15 +1,18 @@
 package authserver
 
 import (
+	"context"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
+	"crypto/x509"
 	"encoding/base64"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
@@ -30,7 +33,11 @@ type signingKey struct {
 
 // keySet holds the current signing key and the previous one, which stays
 // published in the JWKS so tokens it signed keep verifying after a rotation.
+// Its keys are those of the Store's KeyStore: loaded by New, saved by
+// RotateKey.
 type keySet struct {
+	rotateMu sync.Mutex // serialises rotations, from the save to the swap
+
 	mu       sync.RWMutex
 	current  *signingKey
 	previous *signingKey
@@ -61,10 +68,85 @@ func newSigningKey(priv *ecdsa.PrivateKey) (*signingKey, error) {
 	return &signingKey{kid: kid, priv: priv, signer: signer}, nil
 }
 
-func (ks *keySet) rotate(priv *ecdsa.PrivateKey) (string, error) {
+// encodeKey returns k's private key as PKCS#8, the form a KeyStore keeps.
+func encodeKey(k *signingKey) ([]byte, error) {
+	b, err := x509.MarshalPKCS8PrivateKey(k.priv)
+	if err != nil {
+		return nil, fmt.Errorf("encode signing key: %w", err)
+	}
+	return b, nil
+}
+
+// decodeKey is the inverse of encodeKey. Its errors never quote the key.
+func decodeKey(b []byte) (*signingKey, error) {
+	key, err := x509.ParsePKCS8PrivateKey(b)
+	if err != nil {
+		return nil, fmt.Errorf("decode signing key: %w", err)
+	}
+	priv, ok := key.(*ecdsa.PrivateKey)
+	if !ok {
+		return nil, fmt.Errorf("decode signing key: a %T, want ECDSA P-256", key)
+	}
+	return newSigningKey(priv)
+}
+
+// load makes the keys of ks (as loaded from a KeyStore) the key set.
+func (ks *keySet) load(sk *SigningKeys) error {
+	cur, err := decodeKey(sk.Current)
+	if err != nil {
+		return fmt.Errorf("current key: %w", err)
+	}
+	var prev *signingKey
+	if len(sk.Previous) > 0 {
+		if prev, err = decodeKey(sk.Previous); err != nil {
+			return fmt.Errorf("previous key: %w", err)
+		}
+	}
+	ks.mu.Lock()
+	defer ks.mu.Unlock()
+	ks.current, ks.previous = cur, prev
+	return nil
+}
+
+// init loads the keys saved in st, or, if there are none, saves priv (or a
+// fresh key if priv is nil) as the only key and uses it.
+func (ks *keySet) init(ctx context.Context, st KeyStore, priv *ecdsa.PrivateKey, now time.Time) error {
 	k, err := newSigningKey(priv)
 	if err != nil {
+		return err
+	}
+	b, err := encodeKey(k)
+	if err != nil {
+		return err
+	}
+	sk, err := st.InitKeys(ctx, &SigningKeys{Current: b, RotatedAt: now})
+	if err != nil {
+		return fmt.Errorf("load signing keys: %w", err)
+	}
+	return ks.load(sk)
+}
+
+// rotate makes a fresh key the current one and the current one the
+// previous, saving the new set in st before using it.
+func (ks *keySet) rotate(ctx context.Context, st KeyStore, now time.Time) (string, error) {
+	ks.rotateMu.Lock()
+	defer ks.rotateMu.Unlock()
+	k, err := newSigningKey(nil)
+	if err != nil {
 		return "", err
+	}
+	ks.mu.RLock()
+	cur := ks.current
+	ks.mu.RUnlock()
+	sk := &SigningKeys{RotatedAt: now}
+	if sk.Current, err = encodeKey(k); err != nil {
+		return "", err
+	}
+	if sk.Previous, err = encodeKey(cur); err != nil {
+		return "", err
+	}
+	if err := st.SaveKeys(ctx, sk); err != nil {
+		return "", fmt.Errorf("save signing keys: %w", err)
 	}
 	ks.mu.Lock()
 	defer ks.mu.Unlock()

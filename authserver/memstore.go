@@ -17,6 +17,7 @@ type MemoryStore struct {
 	codes   map[string]*memCode
 	refresh map[string]*RefreshToken
 	access  map[string]*AccessToken
+	keys    *SigningKeys
 }
 
 type memCode struct {
@@ -236,6 +237,28 @@ func (m *MemoryStore) RevokeAccessToken(_ context.Context, jti string) error {
 		return ErrNotFound
 	}
 	t.Revoked = true
+	return nil
+}
+
+func cloneKeys(k *SigningKeys) *SigningKeys {
+	return &SigningKeys{Current: slices.Clone(k.Current), Previous: slices.Clone(k.Previous), RotatedAt: k.RotatedAt}
+}
+
+// InitKeys implements Store.
+func (m *MemoryStore) InitKeys(_ context.Context, k *SigningKeys) (*SigningKeys, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.keys == nil {
+		m.keys = cloneKeys(k)
+	}
+	return cloneKeys(m.keys), nil
+}
+
+// SaveKeys implements Store.
+func (m *MemoryStore) SaveKeys(_ context.Context, k *SigningKeys) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.keys = cloneKeys(k)
 	return nil
 }
 

@@ -1,6 +1,7 @@
 package authserver_test
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/evergrant/evergrant/authserver"
@@ -19,4 +20,34 @@ func TestMemoryStore_Shared(t *testing.T) {
 		m := new(authserver.MemoryStore)
 		return m, m
 	})
+}
+
+// TestKeysThroughStore checks that a Server takes its signing keys from its
+// Store: a second Server on the store of the first (a restart on a durable
+// store) publishes the same keys, before and after a rotation, and ignores
+// Config.SigningKey then.
+func TestKeysThroughStore(t *testing.T) {
+	st := new(authserver.MemoryStore)
+	newServer := func() *authserver.Server {
+		t.Helper()
+		s, err := authserver.New(authserver.Config{Issuer: "http://127.0.0.1:9/", Store: st})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	first := newServer()
+	if got, want := string(newServer().JWKS()), string(first.JWKS()); got != want {
+		t.Errorf("restarted server publishes %s, want %s", got, want)
+	}
+	if _, err := first.RotateKey(); err != nil {
+		t.Fatal(err)
+	}
+	restarted := newServer()
+	if got, want := string(restarted.JWKS()), string(first.JWKS()); got != want {
+		t.Errorf("after a rotation, restarted server publishes %s, want %s", got, want)
+	}
+	if n := strings.Count(string(restarted.JWKS()), `"kid"`); n != 2 {
+		t.Errorf("restarted server publishes %d keys, want 2 (current and previous)", n)
+	}
 }

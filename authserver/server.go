@@ -107,8 +107,8 @@ type Config struct {
 	// means every request is from the user "demo-user".
 	Authenticate Authenticator
 
-	// Store keeps clients, grants, codes and tokens. Nil means a new
-	// MemoryStore.
+	// Store keeps clients, grants, codes, tokens and the signing keys. Nil
+	// means a new MemoryStore.
 	Store Store
 
 	// Clients are pre-registered clients.
@@ -122,8 +122,10 @@ type Config struct {
 	// URLs use http and point at loopback addresses. For tests only.
 	InsecureAllowLoopbackClientMetadata bool
 
-	// SigningKey is the initial ECDSA P-256 key for access tokens. Nil means
-	// a fresh random key.
+	// SigningKey is the initial ECDSA P-256 key for access tokens, saved in
+	// Store when it holds no keys yet; nil means a fresh random key. When
+	// Store holds keys already (a restart on a durable store), New uses
+	// those and ignores SigningKey.
 	SigningKey *ecdsa.PrivateKey
 
 	// Logger receives one record per security-relevant event. It never
@@ -265,7 +267,7 @@ func New(cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("authserver: default scope %q is not in Scopes", d)
 		}
 	}
-	if _, err := s.keys.rotate(cfg.SigningKey); err != nil {
+	if err := s.keys.init(context.Background(), s.store, cfg.SigningKey, s.now()); err != nil {
 		return nil, fmt.Errorf("authserver: %w", err)
 	}
 	for _, cc := range cfg.Clients {
@@ -394,11 +396,12 @@ func (s *Server) JWKS() []byte {
 
 // RotateKey makes a fresh key the signing key. The previous signing key stays
 // in the JWKS so tokens it signed keep verifying; the one before it is
-// dropped. It returns the new key id.
+// dropped. The new key set is saved in the Store before it is used. It
+// returns the new key id.
 func (s *Server) RotateKey() (string, error) {
-	kid, err := s.keys.rotate(nil)
+	kid, err := s.keys.rotate(context.Background(), s.store, s.now())
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("authserver: rotate key: %w", err)
 	}
 	s.log.Info("signing key rotated", "kid", kid)
 	return kid, nil

@@ -158,6 +158,7 @@ type Store interface {
 	CodeStore
 	RefreshTokenStore
 	AccessTokenStore
+	KeyStore
 
 	// DeleteExpired forgets the codes, refresh tokens, access tokens and
 	// grants whose ExpiresAt is before t, and keeps every other record.
@@ -240,4 +241,36 @@ type AccessTokenStore interface {
 	// RevokeAccessToken marks the record revoked; it returns ErrNotFound
 	// if there is none. Revocation is final, like a grant's.
 	RevokeAccessToken(ctx context.Context, jti string) error
+}
+
+// SigningKeys is the authorization server's set of access token signing
+// keys as a KeyStore keeps it: the current key, the one before it (which
+// stays published so the tokens it signed keep verifying) and when the
+// current one became current.
+//
+// The keys are opaque to a store: the Server encodes them (as PKCS#8 today)
+// and decodes what it loads, so a store may keep them as given, or a
+// wrapping store may encrypt them before passing them on, and decrypt them
+// on the way back.
+type SigningKeys struct {
+	// Current is the signing key.
+	Current []byte
+	// Previous is the key before it; nil if there is none.
+	Previous []byte
+	// RotatedAt is when Current became the signing key.
+	RotatedAt time.Time
+}
+
+// KeyStore keeps the signing keys, so that a restarted server (or another
+// replica) signs with the same key and verifies the tokens issued before.
+// The key material is secret: a store must never log it, and should keep
+// it where only the server can read it.
+type KeyStore interface {
+	// InitKeys saves k if no keys are saved, and returns the saved keys:
+	// k, or the keys saved before, untouched. It is atomic, so of several
+	// servers starting at once on shared storage, all end up with the keys
+	// of one of them.
+	InitKeys(ctx context.Context, k *SigningKeys) (*SigningKeys, error)
+	// SaveKeys replaces the saved keys with k.
+	SaveKeys(ctx context.Context, k *SigningKeys) error
 }

@@ -68,6 +68,10 @@ func TestStore(t *testing.T, newStore func(t *testing.T) authserver.Store) {
 		{"AccessTokens/Revoke", testAccessRevoke},
 		{"AccessTokens/NotFound", testAccessNotFound},
 
+		{"Keys/InitThenLoad", testKeysInit},
+		{"Keys/SaveReplaces", testKeysSave},
+		{"Keys/CopiesNotAliases", testKeysCopies},
+
 		{"DeleteExpired", testDeleteExpired},
 		{"Bounds", testBounds},
 	} {
@@ -94,6 +98,7 @@ func TestShared(t *testing.T, open func(t *testing.T) (a, b authserver.Store)) {
 		{"Codes/ConcurrentTakeOnce", testCodeConcurrent},
 		{"RefreshTokens/ConcurrentRotateOnce", testRotateConcurrent},
 		{"Grants/RevocationWinsOverConcurrentSaves", testRevokeRacesSave},
+		{"Keys/ConcurrentInitOnce", testKeysInitConcurrent},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			a, b := open(t)
@@ -983,6 +988,119 @@ func testBounds(t *testing.T, s authserver.Store) {
 	check(t, "AccessToken", err)
 	if d := diff(gotAt, at); d != "" {
 		t.Errorf("largest access token: %s", d)
+	}
+}
+
+// Signing keys.
+
+// keyBytes returns n bytes of fake key material (a store treats keys as
+// opaque bytes), including zero bytes and every other byte value.
+func keyBytes(seed byte, n int) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = seed + byte(i)
+	}
+	return b
+}
+
+func fullKeys(seed byte) *authserver.SigningKeys {
+	return &authserver.SigningKeys{Current: keyBytes(seed, 300), Previous: keyBytes(seed+100, 300), RotatedAt: base}
+}
+
+// testKeysInit: the first InitKeys saves its keys and returns them; later
+// ones return those, and save nothing.
+func testKeysInit(t *testing.T, s authserver.Store) {
+	ctx := t.Context()
+	first := &authserver.SigningKeys{Current: keyBytes(1, 138), RotatedAt: base}
+	got, err := s.InitKeys(ctx, first)
+	check(t, "InitKeys", err)
+	if d := diff(got, first); d != "" {
+		t.Errorf("first InitKeys returned other keys: %s", d)
+	}
+	got, err = s.InitKeys(ctx, fullKeys(2))
+	check(t, "InitKeys again", err)
+	if d := diff(got, first); d != "" {
+		t.Errorf("second InitKeys did not return the first keys: %s", d)
+	}
+	if len(got.Previous) != 0 {
+		t.Error("keys saved without a previous key came back with one")
+	}
+}
+
+// testKeysSave: SaveKeys replaces the keys, whether InitKeys saved some or
+// not, and InitKeys then returns what SaveKeys saved.
+func testKeysSave(t *testing.T, s authserver.Store) {
+	ctx := t.Context()
+	check(t, "SaveKeys before any InitKeys", s.SaveKeys(ctx, fullKeys(1)))
+	got, err := s.InitKeys(ctx, fullKeys(50))
+	check(t, "InitKeys", err)
+	if d := diff(got, fullKeys(1)); d != "" {
+		t.Errorf("InitKeys after SaveKeys: %s", d)
+	}
+	rotated := fullKeys(3)
+	rotated.Previous = fullKeys(1).Current
+	rotated.RotatedAt = base.Add(24 * time.Hour)
+	check(t, "SaveKeys", s.SaveKeys(ctx, rotated))
+	got, err = s.InitKeys(ctx, fullKeys(50))
+	check(t, "InitKeys", err)
+	if d := diff(got, rotated); d != "" {
+		t.Errorf("InitKeys after a second SaveKeys: %s", d)
+	}
+}
+
+func testKeysCopies(t *testing.T, s authserver.Store) {
+	ctx := t.Context()
+	k := fullKeys(1)
+	got, err := s.InitKeys(ctx, k)
+	check(t, "InitKeys", err)
+	k.Current[0], k.Previous[0] = 'X', 'X'
+	got.Current[1], got.Previous[1] = 'X', 'X'
+	got, err = s.InitKeys(ctx, fullKeys(9))
+	check(t, "InitKeys", err)
+	if d := diff(got, fullKeys(1)); d != "" {
+		t.Errorf("keys aliased: %s", d)
+	}
+}
+
+// testKeysInitConcurrent: of servers starting at once on shared storage,
+// each with its own fresh keys, all get the keys of one of them.
+func testKeysInitConcurrent(t *testing.T, a, b authserver.Store) {
+	ctx := t.Context()
+	const n = 8
+	var (
+		wg    sync.WaitGroup
+		start = make(chan struct{})
+		got   = make([]*authserver.SigningKeys, n)
+		errs  = make([]error, n)
+	)
+	for i := range n {
+		s := a
+		if i%2 == 1 {
+			s = b
+		}
+		wg.Go(func() {
+			<-start
+			got[i], errs[i] = s.InitKeys(ctx, fullKeys(byte(i)))
+		})
+	}
+	close(start)
+	wg.Wait()
+	for i := range n {
+		check(t, "concurrent InitKeys", errs[i])
+	}
+	winner := -1
+	for i := range n {
+		if diff(got[0], fullKeys(byte(i))) == "" {
+			winner = i
+		}
+	}
+	if winner < 0 {
+		t.Fatal("concurrent InitKeys returned keys none of them saved")
+	}
+	for i := range n {
+		if d := diff(got[i], got[0]); d != "" {
+			t.Errorf("concurrent InitKeys returned different keys (%d and 0): %s", i, d)
+		}
 	}
 }
 
