@@ -8,10 +8,13 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/evergrant/evergrant/authserver"
+	"github.com/evergrant/evergrant/authserver/sqlitestore"
 	"github.com/evergrant/evergrant/internal/stack"
 	"github.com/evergrant/evergrant/oauth"
 )
@@ -26,10 +29,12 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	jsonResp := fs.Bool("json-response", false, "make the MCP server answer POSTs with JSON instead of SSE")
 	subject := fs.String("user", "demo-user", "the user every authorization is granted for")
 	logLevel := fs.String("log-level", "info", "log level on stderr: debug, info, warn or error")
+	dataDir := fs.String("data-dir", "", "directory of the authorization server's state (clients, grants, tokens, signing keys), kept across restarts; default $EVERGRANT_DATA_DIR, else $XDG_STATE_HOME/evergrant/serve (~/.local/state/evergrant/serve)")
+	memory := fs.Bool("memory", false, "keep the authorization server's state in memory only: a restart forgets every client and sign-in")
 	var extra stringList
 	fs.Var(&extra, "resource", "another MCP server URL the authorization server issues tokens for; repeatable")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: evergrant serve [flags]\n\nRuns, on one loopback listener until interrupted, the embedded OAuth authorization\nserver, an example MCP server protected by it (tools whoami and upstream_search),\nand a fake upstream API the tools call with the caller's token.\nPrints one line per endpoint on stdout, starting with \"issuer: <URL>\".\n\nFlags:\n")
+		fmt.Fprintf(fs.Output(), "Usage: evergrant serve [flags]\n\nRuns, on one loopback listener until interrupted, the embedded OAuth authorization\nserver, an example MCP server protected by it (tools whoami and upstream_search),\nand a fake upstream API the tools call with the caller's token.\nPrints one line per endpoint on stdout, starting with \"issuer: <URL>\",\nthen \"data: <file>\" (or \"data: memory\" with --memory).\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	if code, ok := parseFlags(fs, args, stdout, stderr); !ok {
@@ -42,6 +47,31 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 
+	if *memory && *dataDir != "" {
+		fmt.Fprintf(stderr, "evergrant serve: --data-dir and --memory exclude each other\n")
+		return exitUsage
+	}
+	data := "memory"
+	var asStore authserver.Store
+	if !*memory {
+		dir := *dataDir
+		if dir == "" {
+			var err error
+			if dir, err = defaultDataDir(); err != nil {
+				fmt.Fprintf(stderr, "evergrant serve: %v; set --data-dir or use --memory\n", err)
+				return exitError
+			}
+		}
+		data = filepath.Join(dir, "authserver.db")
+		db, err := sqlitestore.Open(ctx, data)
+		if err != nil {
+			fmt.Fprintf(stderr, "evergrant serve: %v\n", err)
+			return exitError
+		}
+		defer db.Close()
+		asStore = db
+	}
+
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		fmt.Fprintf(stderr, "evergrant serve: %v\n", err)
@@ -52,6 +82,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		BaseURL: base, AutoApprove: *autoApprove, Subject: *subject,
 		AccessTokenTTL: *accessTTL, RefreshTokenTTL: *refreshTTL, UpstreamTokenMaxAge: *maxAge,
 		JSONResponse: *jsonResp, Logger: logger, ExtraResources: extra,
+		AuthServer: func(c *authserver.Config) { c.Store = asStore }, // nil: a MemoryStore
 	})
 	if err != nil {
 		ln.Close()
@@ -61,6 +92,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	md := st.AS.Metadata()
 	for _, l := range []struct{ name, url string }{
 		{"issuer", md.Issuer},
+		{"data", data},
 		{"mcp", st.MCPURL},
 		{"upstream", st.UpstreamURL},
 		{"resource_metadata", st.MetadataURL},
@@ -83,7 +115,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	logger.Info("serving", "issuer", base, "mcp", st.MCPURL, "auto_approve", *autoApprove)
+	logger.Info("serving", "issuer", base, "data", data, "mcp", st.MCPURL, "auto_approve", *autoApprove)
 	select {
 	case err := <-errc:
 		fmt.Fprintf(stderr, "evergrant serve: %v\n", err)
@@ -98,6 +130,23 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		srv.Close()
 	}
 	return exitOK
+}
+
+// defaultDataDir returns the directory of serve's state when --data-dir is
+// not given: $EVERGRANT_DATA_DIR, else evergrant/serve under
+// $XDG_STATE_HOME or, when that is unset or relative, ~/.local/state.
+func defaultDataDir() (string, error) {
+	if d := os.Getenv("EVERGRANT_DATA_DIR"); d != "" {
+		return d, nil
+	}
+	if d := os.Getenv("XDG_STATE_HOME"); filepath.IsAbs(d) {
+		return filepath.Join(d, "evergrant", "serve"), nil
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return "", fmt.Errorf("no data directory: %w", err)
+	}
+	return filepath.Join(home, ".local", "state", "evergrant", "serve"), nil
 }
 
 // stringList is a repeatable string flag.
