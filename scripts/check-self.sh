@@ -23,7 +23,7 @@ echo "== evergrant check client -- conformance/client"
 
 echo
 echo "== evergrant check server <evergrant serve>"
-"$work/evergrant" serve --listen 127.0.0.1:0 --auto-approve --log-level warn >"$work/serve.out" 2>"$work/serve.err" </dev/null &
+"$work/evergrant" serve --memory --listen 127.0.0.1:0 --auto-approve --log-level warn >"$work/serve.out" 2>"$work/serve.err" </dev/null &
 serve_pid=$!
 for _ in $(seq 100); do
 	grep -q '^mcp: ' "$work/serve.out" 2>/dev/null && break
