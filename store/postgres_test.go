@@ -125,20 +125,22 @@ func TestPostgres_LeaseOfDeadHolderExpires(t *testing.T) {
 // another handle gets the lock at once.
 func TestPostgres_LiveHolderRenewsLease(t *testing.T) {
 	url := pg.NewDatabase(t)
-	opts := &store.PostgresOptions{LeaseTTL: 300 * time.Millisecond}
+	// A lease long enough that a renewal delayed by a loaded machine
+	// (every LeaseTTL/3) still comes in time.
+	opts := &store.PostgresOptions{LeaseTTL: time.Second}
 	a, b := openPostgres(t, url, opts), openPostgres(t, url, opts)
 	const key = "https://mcp.example.com/mcp"
 	unlock, err := a.Lock(t.Context(), key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(t.Context(), 5*opts.LeaseTTL)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*opts.LeaseTTL/2)
 	defer cancel()
 	if u, err := b.Lock(ctx, key); !errors.Is(err, context.DeadlineExceeded) {
 		if u != nil {
 			u()
 		}
-		t.Fatalf("Lock through b while a held the key for 5 leases = %v, want context.DeadlineExceeded (the lease was not renewed)", err)
+		t.Fatalf("Lock through b while a held the key for 2.5 leases = %v, want context.DeadlineExceeded (the lease was not renewed)", err)
 	}
 	unlock()
 	ctx, cancel = context.WithTimeout(t.Context(), opts.LeaseTTL/2)

@@ -200,6 +200,7 @@ fsync = off
 synchronous_commit = off
 full_page_writes = off
 max_connections = 300
+shared_buffers = 32MB
 `, c.port)
 	f, err := os.OpenFile(filepath.Join(c.dataDir(), "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
 	if err != nil {
