@@ -69,6 +69,11 @@ func (s *Server) handleAuthorize(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	client, err := s.lookupClient(r.Context(), q.Get("client_id"))
+	if errors.Is(err, errStoreFailed) {
+		s.storeFailed("authorization: load client", err)
+		s.unavailablePage(w)
+		return
+	}
 	if err != nil {
 		s.log.Info("authorization refused", "reason", "client", "error", err)
 		// The detail (which may describe this server's network) goes to the
@@ -259,14 +264,16 @@ func (s *Server) approve(w http.ResponseWriter, r *http.Request, req *authReques
 		CodeChallenge: req.challenge, Scopes: req.scopes, Resource: req.resource, Subject: subject,
 		ExpiresAt: now.Add(s.cfg.CodeTTL),
 	}
+	// A Store failure is shown, not sent to the client: the user can
+	// retry from the page they came from (docs/design.md#as-rule-21).
 	if err := s.store.SaveGrant(r.Context(), g); err != nil {
-		s.log.Error("save grant", "error", err)
-		s.redirectError(w, r, req, oauth.NewError(oauth.ErrorServerError, "could not save the grant"))
+		s.storeFailed("save grant", err, "grant_id", g.ID)
+		s.unavailablePage(w)
 		return
 	}
 	if err := s.store.SaveCode(r.Context(), c); err != nil {
-		s.log.Error("save code", "error", err)
-		s.redirectError(w, r, req, oauth.NewError(oauth.ErrorServerError, "could not save the code"))
+		s.storeFailed("save code", err, "grant_id", g.ID)
+		s.unavailablePage(w)
 		return
 	}
 	s.log.Info("authorization code issued", "client_id", clip(req.client.ID), "grant_id", g.ID, "subject", subject,
@@ -308,6 +315,13 @@ func setPageHeaders(w http.ResponseWriter) {
 	h.Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'")
 	h.Set("Referrer-Policy", "no-referrer")
 	h.Set("X-Content-Type-Options", "nosniff")
+}
+
+// unavailablePage answers an authorization request that failed because
+// the Store did: 503 with Retry-After, and no redirect to the client.
+func (s *Server) unavailablePage(w http.ResponseWriter) {
+	w.Header().Set("Retry-After", retryAfter)
+	s.errorPage(w, http.StatusServiceUnavailable, "The authorization server is temporarily unavailable. Try again in a moment.")
 }
 
 func (s *Server) errorPage(w http.ResponseWriter, status int, msg string) {

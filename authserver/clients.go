@@ -248,8 +248,7 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 	}
 	c.Metadata = md
 	if err := s.store.SaveClient(r.Context(), c); err != nil {
-		s.log.Error("save client", "error", err)
-		oauth.WriteError(w, oauth.NewError(oauth.ErrorServerError, "could not save the client"))
+		writeError(w, s.storeFailed("save client", err))
 		return
 	}
 	s.log.Info("client registered", "client_id", c.ID, "auth_method", md.TokenEndpointAuthMethod, "client_name", clip(md.ClientName))
@@ -382,10 +381,14 @@ func (s *Server) lookupClient(ctx context.Context, id string) (*Client, error) {
 		return nil, errors.New("unknown client_id")
 	}
 	if err != nil {
-		return nil, fmt.Errorf("load client: %w", err)
+		return nil, fmt.Errorf("load client: %w: %w", errStoreFailed, err)
 	}
 	return c, nil
 }
+
+// errStoreFailed marks an error of lookupClient that is the Store's
+// failure, not an unknown client: an outage, answered with 503.
+var errStoreFailed = errors.New("store failed")
 
 // clientFromDocument returns the client described by the Client ID Metadata
 // Document at id, from the cache or fetched. Concurrent requests for one
@@ -517,6 +520,10 @@ func (s *Server) authenticateClient(w http.ResponseWriter, r *http.Request) *Cli
 		return nil
 	}
 	c, err := s.lookupClient(r.Context(), id)
+	if errors.Is(err, errStoreFailed) {
+		writeError(w, s.storeFailed("client authentication", err, "client_id", clip(id)))
+		return nil
+	}
 	if err != nil {
 		writeClientAuthError(w, hasBasic, "client authentication failed")
 		return nil

@@ -129,8 +129,7 @@ func (s *Server) handleRevoke(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if err != nil {
-		s.log.Error("revocation lookup", "error", err)
-		oauth.WriteError(w, errServer)
+		writeError(w, s.storeFailed("revocation lookup", err))
 		return
 	}
 	owner := ""
@@ -145,15 +144,17 @@ func (s *Server) handleRevoke(w http.ResponseWriter, r *http.Request) {
 	}
 	if rec.refresh != nil {
 		err = s.store.RevokeGrant(ctx, rec.refresh.GrantID)
-		s.log.Info("refresh token revoked; grant revoked", "client_id", clip(client.ID), "grant_id", rec.refresh.GrantID)
 	} else {
 		err = s.store.RevokeAccessToken(ctx, rec.access.JTI)
-		s.log.Info("access token revoked", "client_id", clip(client.ID), "grant_id", rec.access.GrantID)
 	}
 	if err != nil && !errors.Is(err, ErrNotFound) {
-		s.log.Error("revoke", "error", err)
-		oauth.WriteError(w, errServer)
+		writeError(w, s.storeFailed("revoke", err, "grant_id", grantIDOf(rec)))
 		return
+	}
+	if rec.refresh != nil {
+		s.log.Info("refresh token revoked; grant revoked", "client_id", clip(client.ID), "grant_id", rec.refresh.GrantID)
+	} else {
+		s.log.Info("access token revoked", "client_id", clip(client.ID), "grant_id", rec.access.GrantID)
 	}
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(http.StatusOK)
@@ -176,8 +177,7 @@ func (s *Server) handleIntrospect(w http.ResponseWriter, r *http.Request) {
 	now := s.now()
 	rec, err := s.findToken(r.Context(), r.PostForm.Get("token"), r.PostForm.Get("token_type_hint"))
 	if err != nil && !errors.Is(err, ErrNotFound) {
-		s.log.Error("introspection lookup", "error", err)
-		oauth.WriteError(w, errServer)
+		writeError(w, s.storeFailed("introspection lookup", err))
 		return
 	}
 	if err != nil || !s.active(rec, now) {

@@ -78,13 +78,41 @@ func (s *Server) handleToken(w http.ResponseWriter, r *http.Request) {
 		resp, e = s.refresh(r.Context(), client, r)
 	}
 	if e != nil {
-		oauth.WriteError(w, e)
+		writeError(w, e)
 		return
 	}
 	oauth.WriteJSON(w, http.StatusOK, resp)
 }
 
 var errServer = oauth.NewError(oauth.ErrorServerError, "internal error")
+
+// errUnavailable answers a request that failed because the Store did: an
+// outage, not a refusal. Clients keep their tokens and retry
+// (docs/design.md#as-rule-21, #client-rule-4).
+var errUnavailable = &oauth.Error{
+	Code:        oauth.ErrorTemporarilyUnavailable,
+	Description: "the authorization server's storage is unavailable; try again later",
+	StatusCode:  http.StatusServiceUnavailable,
+}
+
+// retryAfter is the Retry-After, in seconds, of a 503 answer.
+const retryAfter = "5"
+
+// writeError writes e like oauth.WriteError, with Retry-After when e is
+// an outage (RFC 9110 §10.2.3).
+func writeError(w http.ResponseWriter, e *oauth.Error) {
+	if e.Status() == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", retryAfter)
+	}
+	oauth.WriteError(w, e)
+}
+
+// storeFailed logs a Store error other than ErrNotFound and returns the
+// outage answer for it.
+func (s *Server) storeFailed(msg string, err error, args ...any) *oauth.Error {
+	s.log.Error(msg, append(args, "error", err)...)
+	return errUnavailable
+}
 
 // exchangeCode is the authorization code grant (RFC 6749 §4.1.3) with PKCE
 // verification (RFC 7636 §4.6). A code is good once; presenting it again
@@ -98,15 +126,16 @@ func (s *Server) exchangeCode(ctx context.Context, client *Client, r *http.Reque
 	switch {
 	case errors.Is(err, ErrCodeUsed):
 		if err := s.store.RevokeGrant(ctx, code.GrantID); err != nil && !errors.Is(err, ErrNotFound) {
-			s.log.Error("revoke grant after code replay", "grant_id", code.GrantID, "error", err)
+			// Answer the outage, so that the replay is retried and
+			// revokes the grant once the store is back.
+			return nil, s.storeFailed("revoke grant after code replay", err, "grant_id", code.GrantID)
 		}
 		s.log.Warn("authorization code replayed; grant revoked", "client_id", clip(client.ID), "grant_id", code.GrantID)
 		return nil, oauth.NewError(oauth.ErrorInvalidGrant, "the authorization code was already used")
 	case errors.Is(err, ErrNotFound):
 		return nil, oauth.NewError(oauth.ErrorInvalidGrant, "unknown authorization code")
 	case err != nil:
-		s.log.Error("take code", "error", err)
-		return nil, errServer
+		return nil, s.storeFailed("take code", err)
 	}
 	now := s.now()
 	switch {
@@ -128,9 +157,9 @@ func (s *Server) exchangeCode(ctx context.Context, client *Client, r *http.Reque
 	if res := r.PostForm.Get("resource"); res != "" && !oauth.SameResource(res, code.Resource) {
 		return nil, oauth.NewError(oauth.ErrorInvalidTarget, "resource does not match the authorization request")
 	}
-	g, err := s.store.Grant(ctx, code.GrantID)
-	if err != nil || g.Revoked {
-		return nil, oauth.NewError(oauth.ErrorInvalidGrant, "the grant was revoked")
+	g, e := s.grant(ctx, code.GrantID)
+	if e != nil {
+		return nil, e
 	}
 	return s.issue(ctx, client, g, g.Scopes, nil, "authorization_code")
 }
@@ -150,17 +179,16 @@ func (s *Server) refresh(ctx context.Context, client *Client, r *http.Request) (
 		return nil, oauth.NewError(oauth.ErrorInvalidGrant, "unknown refresh token")
 	}
 	if err != nil {
-		s.log.Error("load refresh token", "error", err)
-		return nil, errServer
+		return nil, s.storeFailed("load refresh token", err)
 	}
 	now := s.now()
 	if rt.ClientID != client.ID {
 		s.log.Warn("refresh token presented by another client", "client_id", clip(client.ID), "grant_id", rt.GrantID)
 		return nil, oauth.NewError(oauth.ErrorInvalidGrant, "the refresh token was issued to another client")
 	}
-	g, err := s.store.Grant(ctx, rt.GrantID)
-	if err != nil || g.Revoked {
-		return nil, oauth.NewError(oauth.ErrorInvalidGrant, "the grant was revoked")
+	g, e := s.grant(ctx, rt.GrantID)
+	if e != nil {
+		return nil, e
 	}
 	if now.After(rt.ExpiresAt) {
 		return nil, oauth.NewError(oauth.ErrorInvalidGrant, "the refresh token has expired")
@@ -183,6 +211,21 @@ func (s *Server) refresh(ctx context.Context, client *Client, r *http.Request) (
 		}
 	}
 	return s.issue(ctx, client, g, scopes, rt, "refresh_token")
+}
+
+// grant loads the grant id for issuing tokens of it: a revoked or unknown
+// grant is invalid_grant, a Store failure an outage.
+func (s *Server) grant(ctx context.Context, id string) (*Grant, *oauth.Error) {
+	g, err := s.store.Grant(ctx, id)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return nil, oauth.NewError(oauth.ErrorInvalidGrant, "the grant was revoked")
+	case err != nil:
+		return nil, s.storeFailed("load grant", err, "grant_id", id)
+	case g.Revoked:
+		return nil, oauth.NewError(oauth.ErrorInvalidGrant, "the grant was revoked")
+	}
+	return g, nil
 }
 
 // reused decides about a refresh token that was already rotated. Inside
@@ -216,8 +259,7 @@ func (s *Server) graceReuse(ctx context.Context, rt *RefreshToken) (reason strin
 	case errors.Is(err, ErrNotFound):
 		return "the successor is gone", nil
 	case err != nil:
-		s.log.Error("load successor refresh token", "grant_id", rt.GrantID, "error", err)
-		return "", errServer
+		return "", s.storeFailed("load successor refresh token", err, "grant_id", rt.GrantID)
 	case succ.ReplacedUnused:
 		// rt was retired unused when its predecessor was replayed: two
 		// parties hold tokens of this grant.
@@ -238,8 +280,7 @@ func (s *Server) retireSuccessor(ctx context.Context, prev *RefreshToken, now ti
 	case errors.Is(err, ErrRefreshTokenRotated), errors.Is(err, ErrNotFound):
 		return s.revokeForReuse(ctx, prev, "the successor was used meanwhile")
 	case err != nil:
-		s.log.Error("retire successor refresh token", "grant_id", prev.GrantID, "error", err)
-		return errServer
+		return s.storeFailed("retire successor refresh token", err, "grant_id", prev.GrantID)
 	}
 	return nil
 }
@@ -248,7 +289,9 @@ func (s *Server) retireSuccessor(ctx context.Context, prev *RefreshToken, now ti
 // presented again (RFC 9700 §4.14.2).
 func (s *Server) revokeForReuse(ctx context.Context, rt *RefreshToken, reason string) *oauth.Error {
 	if err := s.store.RevokeGrant(ctx, rt.GrantID); err != nil && !errors.Is(err, ErrNotFound) {
-		s.log.Error("revoke grant after refresh token reuse", "grant_id", rt.GrantID, "error", err)
+		// Answer the outage, so that the reuse is retried and revokes
+		// the grant once the store is back.
+		return s.storeFailed("revoke grant after refresh token reuse", err, "grant_id", rt.GrantID)
 	}
 	s.log.Warn("rotated refresh token reused; grant revoked", "client_id", clip(rt.ClientID), "grant_id", rt.GrantID, "reason", reason)
 	return oauth.NewError(oauth.ErrorInvalidGrant, "the refresh token was already used; the grant is revoked")
@@ -283,36 +326,6 @@ func (s *Server) issue(ctx context.Context, client *Client, g *Grant, scopes []s
 			Hash: hashSecret(resp.RefreshToken), GrantID: g.ID, ClientID: client.ID, Scopes: g.Scopes,
 			IssuedAt: now, ExpiresAt: now.Add(s.cfg.RefreshTokenTTL),
 		}
-		var e *oauth.Error
-		switch {
-		case prev == nil: // first issuance
-			if err := s.store.SaveRefreshToken(ctx, next); err != nil {
-				s.log.Error("save refresh token", "error", err)
-				e = errServer
-			}
-		case prev.RotatedAt.IsZero():
-			err := s.store.RotateRefreshToken(ctx, prev.Hash, now, next)
-			if errors.Is(err, ErrRefreshTokenRotated) {
-				// Lost a race with another use of the same token: this use
-				// is a reuse, decided on like any other.
-				cur, lerr := s.store.RefreshToken(ctx, prev.Hash)
-				if lerr != nil {
-					s.log.Error("reload refresh token", "error", lerr)
-					return nil, errServer
-				}
-				if e = s.reused(ctx, cur, now); e == nil {
-					e = s.retireSuccessor(ctx, cur, now, next)
-				}
-			} else if err != nil {
-				s.log.Error("rotate refresh token", "error", err)
-				e = errServer
-			}
-		default: // a reuse inside the grace window, accepted by reused
-			e = s.retireSuccessor(ctx, prev, now, next)
-		}
-		if e != nil {
-			return nil, e
-		}
 	}
 
 	jti := randomToken(16)
@@ -325,11 +338,14 @@ func (s *Server) issue(ctx context.Context, client *Client, g *Grant, scopes []s
 		s.log.Error("sign access token", "error", err)
 		return nil, errServer
 	}
+	// Everything that may fail is written before the refresh token is
+	// rotated: a request that fails on the way leaves the presented
+	// refresh token as it was, so that the client, told the server is
+	// unavailable, can retry with it (docs/design.md#as-rule-21).
 	rec := &AccessToken{JTI: jti, GrantID: g.ID, ClientID: client.ID, Subject: g.Subject, Resource: g.Resource,
 		Scopes: scopes, IssuedAt: now, ExpiresAt: expiresAt}
 	if err := s.store.SaveAccessToken(ctx, rec); err != nil {
-		s.log.Error("save access token", "error", err)
-		return nil, errServer
+		return nil, s.storeFailed("save access token", err, "grant_id", g.ID)
 	}
 	resp.AccessToken = at
 	g.ExpiresAt = expiresAt
@@ -337,13 +353,55 @@ func (s *Server) issue(ctx context.Context, client *Client, g *Grant, scopes []s
 		g.ExpiresAt = next.ExpiresAt
 	}
 	if err := s.store.SaveGrant(ctx, g); err != nil {
-		s.log.Error("save grant", "error", err)
-		return nil, errServer
+		return nil, s.storeFailed("save grant", err, "grant_id", g.ID)
 	}
+
+	rotated := false
+	if next != nil {
+		var e *oauth.Error
+		switch {
+		case prev == nil: // first issuance
+			if err := s.store.SaveRefreshToken(ctx, next); err != nil {
+				e = s.storeFailed("save refresh token", err, "grant_id", g.ID)
+			}
+		case prev.RotatedAt.IsZero():
+			err := s.store.RotateRefreshToken(ctx, prev.Hash, now, next)
+			if errors.Is(err, ErrRefreshTokenRotated) {
+				// Lost a race with another use of the same token: this use
+				// is a reuse, decided on like any other.
+				cur, lerr := s.store.RefreshToken(ctx, prev.Hash)
+				if lerr != nil {
+					return nil, s.storeFailed("reload refresh token", lerr, "grant_id", g.ID)
+				}
+				if e = s.reused(ctx, cur, now); e == nil {
+					e = s.retireSuccessor(ctx, cur, now, next)
+				}
+			} else if err != nil {
+				e = s.storeFailed("rotate refresh token", err, "grant_id", g.ID)
+			}
+			rotated = e == nil
+		default: // a reuse inside the grace window, accepted by reused
+			e = s.retireSuccessor(ctx, prev, now, next)
+			rotated = e == nil
+		}
+		if e != nil {
+			return nil, e
+		}
+	}
+
 	// A revocation may have landed while we issued; do not hand out tokens
 	// of a revoked grant.
-	if cur, err := s.store.Grant(ctx, g.ID); err != nil || cur.Revoked {
+	cur, err := s.store.Grant(ctx, g.ID)
+	switch {
+	case errors.Is(err, ErrNotFound) || err == nil && cur.Revoked:
 		return nil, oauth.NewError(oauth.ErrorInvalidGrant, "the grant was revoked")
+	case err != nil && !rotated:
+		return nil, s.storeFailed("reload grant", err, "grant_id", g.ID)
+	case err != nil:
+		// The presented refresh token is retired already: answering the
+		// outage would cost the client its grant. The check is for a
+		// revocation racing this request; the grant was live when read.
+		s.log.Warn("reload grant after rotation failed; tokens issued unchecked", "grant_id", g.ID, "error", err)
 	}
 	s.log.Info("tokens issued", "grant_type", via, "client_id", clip(client.ID), "grant_id", g.ID,
 		"rotated", prev != nil && next != nil, "refresh_token", next != nil, "expires_in", resp.ExpiresIn)
