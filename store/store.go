@@ -1,6 +1,6 @@
 // Package store keeps the grants and client registrations of evergrant's
 // client, and the lock that makes one refresh per grant hold across
-// goroutines, processes (File) and, later, hosts.
+// goroutines (Memory), processes (File) and hosts (Postgres, a lease).
 //
 // The refresh protocol of docs/design.md#client-rule-7 is: Lock the grant's key,
 // Load it again, refresh only if nobody else did (its access token is still
