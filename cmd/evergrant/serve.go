@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,7 +22,8 @@ import (
 
 func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
-	listen := fs.String("listen", "127.0.0.1:8400", "address to listen on; 127.0.0.1:0 picks a free port")
+	listen := fs.String("listen", "127.0.0.1:8400", "address to listen on; 127.0.0.1:0 picks a free port; a non-loopback address needs --public-url")
+	publicURL := fs.String("public-url", "", "the URL clients reach serve at, when a reverse proxy or load balancer stands in front of it (https, or http on a loopback host; an origin, no path): the issuer and the base of every URL serve publishes")
 	autoApprove := fs.Bool("auto-approve", false, "approve authorization requests without the consent page when the redirect URI is on loopback (native apps, the CLI) or the client is pre-registered; other clients still see it")
 	accessTTL := fs.Duration("access-token-ttl", authserver.DefaultAccessTokenTTL, "access token lifetime")
 	refreshTTL := fs.Duration("refresh-token-ttl", authserver.DefaultRefreshTokenTTL, "refresh token lifetime")
@@ -34,7 +36,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	var extra stringList
 	fs.Var(&extra, "resource", "another MCP server URL the authorization server issues tokens for; repeatable")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: evergrant serve [flags]\n\nRuns, on one loopback listener until interrupted, the embedded OAuth authorization\nserver, an example MCP server protected by it (tools whoami and upstream_search),\nand a fake upstream API the tools call with the caller's token.\nPrints one line per endpoint on stdout, starting with \"issuer: <URL>\",\nthen \"data: <file>\" (or \"data: memory\" with --memory).\n\nFlags:\n")
+		fmt.Fprintf(fs.Output(), "Usage: evergrant serve [flags]\n\nRuns, on one listener until interrupted, the embedded OAuth authorization\nserver, an example MCP server protected by it (tools whoami and upstream_search),\nand a fake upstream API the tools call with the caller's token.\nPrints one line per endpoint on stdout, starting with \"issuer: <URL>\",\nthen \"data: <file>\" (or \"data: memory\" with --memory), and last\n\"listen: <address>\".\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	if code, ok := parseFlags(fs, args, stdout, stderr); !ok {
@@ -47,6 +49,17 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 
+	var public string
+	if *publicURL != "" {
+		var err error
+		if public, err = checkPublicURL(*publicURL); err != nil {
+			fmt.Fprintf(stderr, "evergrant serve: --public-url: %v\n", err)
+			return exitUsage
+		}
+	} else if host, _, err := net.SplitHostPort(*listen); err == nil && !loopbackListenHost(host) {
+		fmt.Fprintf(stderr, "evergrant serve: --listen %s is not a loopback address; set --public-url to the URL clients reach it at\n", *listen)
+		return exitUsage
+	}
 	if *memory && *dataDir != "" {
 		fmt.Fprintf(stderr, "evergrant serve: --data-dir and --memory exclude each other\n")
 		return exitUsage
@@ -77,9 +90,18 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintf(stderr, "evergrant serve: %v\n", err)
 		return exitError
 	}
-	base := "http://" + ln.Addr().String()
+	internal := internalURL(ln.Addr(), *listen)
+	if public == "" {
+		if !oauth.IsLoopbackHost(hostOf(ln.Addr())) {
+			ln.Close()
+			fmt.Fprintf(stderr, "evergrant serve: --listen %s is not a loopback address; set --public-url to the URL clients reach it at\n", *listen)
+			return exitUsage
+		}
+		public = internal
+	}
+	base := public
 	st, err := stack.New(stack.Config{
-		BaseURL: base, AutoApprove: *autoApprove, Subject: *subject,
+		BaseURL: base, InternalURL: internal, AutoApprove: *autoApprove, Subject: *subject,
 		AccessTokenTTL: *accessTTL, RefreshTokenTTL: *refreshTTL, UpstreamTokenMaxAge: *maxAge,
 		JSONResponse: *jsonResp, Logger: logger, ExtraResources: extra,
 		AuthServer: func(c *authserver.Config) { c.Store = asStore }, // nil: a MemoryStore
@@ -103,6 +125,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		{"revoke", md.RevocationEndpoint},
 		{"introspect", md.IntrospectionEndpoint},
 		{"jwks", md.JWKSURI},
+		{"listen", ln.Addr().String()},
 	} {
 		fmt.Fprintf(stdout, "%s: %s\n", l.name, l.url)
 	}
@@ -115,7 +138,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	logger.Info("serving", "issuer", base, "data", data, "mcp", st.MCPURL, "auto_approve", *autoApprove)
+	logger.Info("serving", "issuer", base, "listen", ln.Addr().String(), "data", data, "mcp", st.MCPURL, "auto_approve", *autoApprove)
 	select {
 	case err := <-errc:
 		fmt.Fprintf(stderr, "evergrant serve: %v\n", err)
@@ -130,6 +153,67 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		srv.Close()
 	}
 	return exitOK
+}
+
+// checkPublicURL validates --public-url and returns it without a trailing
+// slash: an absolute https URL, or http on a loopback host, with a host,
+// and no user, path, query or fragment (serve mounts its endpoints at the
+// root, so the URL must be an origin).
+func checkPublicURL(raw string) (string, error) {
+	u, err := url.Parse(raw)
+	switch {
+	case err != nil:
+		return "", err
+	case u.Scheme != "https" && u.Scheme != "http":
+		return "", fmt.Errorf("%q: want an https URL", raw)
+	case u.Host == "" || u.Hostname() == "":
+		return "", fmt.Errorf("%q has no host", raw)
+	case u.Scheme == "http" && !oauth.IsLoopbackHost(u.Hostname()):
+		return "", fmt.Errorf("%q: http only on a loopback host; use https", raw)
+	case u.User != nil:
+		return "", fmt.Errorf("%q: no user information allowed", raw)
+	case u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || strings.Contains(raw, "#"):
+		return "", fmt.Errorf("%q: no query or fragment allowed", raw)
+	case u.Path != "" && u.Path != "/":
+		return "", fmt.Errorf("%q: no path allowed; serve's endpoints are at the root", raw)
+	case u.Opaque != "":
+		return "", fmt.Errorf("%q is not a URL with a host", raw)
+	}
+	return u.Scheme + "://" + u.Host, nil
+}
+
+// loopbackListenHost reports whether a --listen host may serve without
+// --public-url: a loopback IP or localhost, or a name (checked once
+// resolved). An empty host or an unspecified address listens everywhere.
+func loopbackListenHost(host string) bool {
+	if host == "" {
+		return false
+	}
+	if ip := net.ParseIP(host); ip != nil {
+		return ip.IsLoopback()
+	}
+	return true
+}
+
+// hostOf returns the host of a listener's address.
+func hostOf(a net.Addr) string {
+	host, _, _ := net.SplitHostPort(a.String())
+	return host
+}
+
+// internalURL returns the http URL at which serve reaches its own listener
+// at a, asked for as listen: on loopback when it listens on every address
+// (IPv6 loopback only when listen named an IPv6 address; Go reports a
+// dual-stack listener on 0.0.0.0 as [::]).
+func internalURL(a net.Addr, listen string) string {
+	host, port, _ := net.SplitHostPort(a.String())
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		host = "127.0.0.1"
+		if h, _, _ := net.SplitHostPort(listen); strings.Contains(h, ":") {
+			host = "::1"
+		}
+	}
+	return "http://" + net.JoinHostPort(host, port)
 }
 
 // defaultDataDir returns the directory of serve's state when --data-dir is

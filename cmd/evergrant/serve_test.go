@@ -6,15 +6,19 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/http/httputil"
 	"net/url"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/evergrant/evergrant/internal/astest"
 	"github.com/evergrant/evergrant/oauth"
 	"github.com/evergrant/evergrant/store"
 )
@@ -285,5 +289,204 @@ func TestServe_RestartKeepsSignIn(t *testing.T) {
 	}
 	if signIns != 1 {
 		t.Errorf("%d sign-ins, want 1", signIns)
+	}
+}
+
+// TestServe_PublicURLBehindReverseProxy: serve listens on one loopback port
+// and is reached through a reverse proxy on another, named by --public-url.
+// Discovery, sign-in and a call work through the proxy, and every URL serve
+// prints or publishes is the proxy's.
+func TestServe_PublicURLBehindReverseProxy(t *testing.T) {
+	pl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	public := "http://" + pl.Addr().String()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	out := &lineWriter{lines: make(chan string, 100)}
+	errb := &astest.SyncBuffer{}
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"serve", "--memory", "--listen", "127.0.0.1:0", "--public-url", public + "/", "--auto-approve"}, out, errb)
+	}()
+	lines := map[string]string{}
+	timeout := time.After(10 * time.Second)
+	for len(lines) < 13 {
+		select {
+		case l := <-out.lines:
+			name, value, _ := strings.Cut(l, ": ")
+			lines[name] = value
+		case code := <-done:
+			t.Fatalf("serve exited early with %d: %s", code, errb.String())
+		case <-timeout:
+			t.Fatalf("no endpoint lines; got %q", lines)
+		}
+	}
+	listen := lines["listen"]
+	if !strings.HasPrefix(listen, "127.0.0.1:") || listen == pl.Addr().String() {
+		t.Fatalf("listen: %q", listen)
+	}
+	for name, v := range lines {
+		if name != "listen" && name != "data" && !strings.HasPrefix(v, public+"/") && v != public {
+			t.Errorf("%s: %q, want the public URL %s", name, v, public)
+		}
+	}
+	if lines["issuer"] != public {
+		t.Errorf("issuer: %q, want %q", lines["issuer"], public)
+	}
+
+	target, _ := url.Parse("http://" + listen)
+	var proxied atomic.Int64
+	rp := httputil.NewSingleHostReverseProxy(target)
+	proxy := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		proxied.Add(1)
+		rp.ServeHTTP(w, r)
+	})}
+	go proxy.Serve(pl)
+	defer proxy.Close()
+
+	// Published metadata names the public URL only.
+	get := func(u string) (int, http.Header, []byte) {
+		t.Helper()
+		r, err := http.Get(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Body.Close()
+		b, _ := io.ReadAll(r.Body)
+		return r.StatusCode, r.Header, b
+	}
+	_, _, body := get(public + oauth.WellKnownAuthServer)
+	if _, err := oauth.ParseAuthServerMetadata(body, public); err != nil {
+		t.Fatalf("metadata: %v", err)
+	}
+	st, h, _ := get(lines["mcp"])
+	if st != http.StatusUnauthorized || !strings.Contains(h.Get("WWW-Authenticate"), `resource_metadata="`+lines["resource_metadata"]+`"`) {
+		t.Errorf("unauthenticated MCP request: %d %q", st, h.Get("WWW-Authenticate"))
+	}
+	_, _, prm := get(lines["resource_metadata"])
+	for _, doc := range [][]byte{body, prm} {
+		if strings.Contains(string(doc), listen) {
+			t.Errorf("published metadata names the listener %s: %s", listen, doc)
+		}
+	}
+	if !strings.Contains(string(prm), `"`+public+`"`) || !strings.Contains(string(prm), `"`+lines["mcp"]+`"`) {
+		t.Errorf("resource metadata: %s", prm)
+	}
+
+	// Sign-in and a call, through the proxy.
+	cfgDir := t.TempDir()
+	open := func(authURL string) error {
+		if !strings.HasPrefix(authURL, public+"/") {
+			return fmt.Errorf("sign-in at %s, not at the public URL", authURL)
+		}
+		resp, err := http.Get(authURL)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("sign-in ended with HTTP %d", resp.StatusCode)
+		}
+		return nil
+	}
+	cli := func(cmd string, args ...string) string {
+		t.Helper()
+		cctx, ccancel := context.WithTimeout(withOpener(context.Background(), open), 30*time.Second)
+		defer ccancel()
+		var out, errb bytes.Buffer
+		if code := run(cctx, append([]string{cmd, "--config-dir", cfgDir}, args...), &out, &errb); code != 0 {
+			t.Fatalf("evergrant %s: exit %d\n%s%s", cmd, code, out.String(), errb.String())
+		}
+		return out.String()
+	}
+	before := proxied.Load()
+	cli("login", lines["mcp"])
+	if out := cli("call", lines["mcp"], "upstream_search", "query=x"); out == "" {
+		t.Error("call: no output")
+	}
+	if out := cli("call", lines["mcp"], "whoami"); !strings.Contains(out, "demo-user") {
+		t.Errorf("call: %s", out)
+	}
+	if n := proxied.Load() - before; n < 5 {
+		t.Errorf("%d requests through the proxy for a sign-in and calls", n)
+	}
+	if strings.Contains(errb.String(), "level=ERROR") {
+		t.Errorf("serve logged errors: %s", errb.String())
+	}
+	cancel()
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Fatalf("exit %d after cancel: %s", code, errb.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("serve did not stop")
+	}
+}
+
+func TestServe_PublicURLAndListenChecks(t *testing.T) {
+	for _, tc := range []struct {
+		args []string
+		code int
+	}{
+		{[]string{"--listen", "0.0.0.0:0"}, exitUsage},
+		{[]string{"--listen", ":0"}, exitUsage},
+		{[]string{"--public-url", "http://mcp.example.com"}, exitUsage},
+		{[]string{"--public-url", "https://mcp.example.com/evergrant"}, exitUsage},
+		{[]string{"--public-url", "https://mcp.example.com/?a=b"}, exitUsage},
+		{[]string{"--public-url", "https://mcp.example.com/#f"}, exitUsage},
+		{[]string{"--public-url", "https://user@mcp.example.com"}, exitUsage},
+		{[]string{"--public-url", "ftp://mcp.example.com"}, exitUsage},
+		{[]string{"--public-url", "mcp.example.com"}, exitUsage},
+		{[]string{"--public-url", "https://"}, exitUsage},
+	} {
+		var out, errb bytes.Buffer
+		args := append([]string{"serve", "--memory"}, tc.args...)
+		if code := run(context.Background(), args, &out, &errb); code != tc.code {
+			t.Errorf("%q: exit %d, want %d (%s)", tc.args, code, tc.code, errb.String())
+		}
+	}
+	for raw, want := range map[string]string{
+		"https://mcp.example.com/":     "https://mcp.example.com",
+		"https://mcp.example.com:8443": "https://mcp.example.com:8443",
+		"http://localhost:9000":        "http://localhost:9000",
+		"http://[::1]:9000/":           "http://[::1]:9000",
+	} {
+		if got, err := checkPublicURL(raw); err != nil || got != want {
+			t.Errorf("checkPublicURL(%q) = %q, %v; want %q", raw, got, err, want)
+		}
+	}
+}
+
+// With --public-url, serve listens on every address and publishes only
+// the public URL.
+func TestServe_PublicURLListensAnywhere(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	out := &lineWriter{lines: make(chan string, 100)}
+	errb := &astest.SyncBuffer{}
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"serve", "--memory", "--listen", "0.0.0.0:0", "--public-url", "https://mcp.example.com"}, out, errb)
+	}()
+	var got []string
+	timeout := time.After(10 * time.Second)
+	for len(got) < 13 {
+		select {
+		case l := <-out.lines:
+			got = append(got, l)
+		case code := <-done:
+			t.Fatalf("serve exited early with %d: %s", code, errb.String())
+		case <-timeout:
+			t.Fatalf("no endpoint lines; got %q", got)
+		}
+	}
+	if got[0] != "issuer: https://mcp.example.com" || !strings.HasPrefix(got[12], "listen: 0.0.0.0:") && !strings.HasPrefix(got[12], "listen: [::]:") {
+		t.Errorf("lines %q", got)
+	}
+	cancel()
+	if code := <-done; code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
 	}
 }

@@ -41,8 +41,14 @@ const (
 
 // Config configures a Stack. Only BaseURL is required.
 type Config struct {
-	// BaseURL is the listener's URL, for example http://127.0.0.1:8400.
+	// BaseURL is the stack's URL as clients see it, for example
+	// http://127.0.0.1:8400, or the URL of a reverse proxy in front of the
+	// listener: the issuer, and the base of every URL the stack publishes.
 	BaseURL string
+	// InternalURL is where the stack reaches its own listener (for its
+	// verifier's JWKS, introspection and the tools' calls to the fake
+	// upstream); empty means BaseURL. Set it when BaseURL is a proxy's.
+	InternalURL string
 	// AutoApprove skips the consent page.
 	AutoApprove bool
 	// Subject is the user every authorization is for; default "demo-user".
@@ -133,6 +139,10 @@ func New(cfg Config) (*Stack, error) {
 	if cfg.ResourceName == "" {
 		cfg.ResourceName = "evergrant example MCP server"
 	}
+	internal := cfg.InternalURL
+	if internal == "" {
+		internal = cfg.BaseURL
+	}
 	s := &Stack{Issuer: cfg.BaseURL, MCPURL: cfg.BaseURL + MCPPath, UpstreamURL: cfg.BaseURL + SearchPath}
 	md, err := oauth.ProtectedResourceMetadataURL(s.MCPURL)
 	if err != nil {
@@ -175,7 +185,7 @@ func New(cfg Config) (*Stack, error) {
 
 	jwtVerifier := func(audience string) (server.Verifier, error) {
 		return server.NewJWTVerifier(server.JWTConfig{
-			Issuer: cfg.BaseURL, Audience: audience, JWKSURL: cfg.BaseURL + authserver.PathJWKS, RequireATJWT: true,
+			Issuer: cfg.BaseURL, Audience: audience, JWKSURL: internal + authserver.PathJWKS, RequireATJWT: true,
 			Now: cfg.Now,
 		})
 	}
@@ -195,8 +205,12 @@ func New(cfg Config) (*Stack, error) {
 	}
 	s.Upstream = &upstream.FakeAPI{Verifier: upstreamVerifiers, MaxAge: cfg.UpstreamTokenMaxAge, Now: cfg.Now}
 	if cfg.Introspect {
+		endpoint := as.Metadata().IntrospectionEndpoint
+		if cfg.InternalURL != "" {
+			endpoint = internal + authserver.PathIntrospect
+		}
 		verifier, err = server.NewIntrospectionVerifier(server.IntrospectionConfig{
-			Endpoint: as.Metadata().IntrospectionEndpoint, ClientID: introspectionClientID, ClientSecret: rsSecret,
+			Endpoint: endpoint, ClientID: introspectionClientID, ClientSecret: rsSecret,
 			Resource: s.MCPURL, Issuer: cfg.BaseURL, CacheTTL: -1, Now: cfg.Now,
 		})
 		if err != nil {
@@ -208,7 +222,7 @@ func New(cfg Config) (*Stack, error) {
 	mcpHandler := cfg.Handler
 	var mcpSrv *mcp.Server // nil with cfg.Handler: its servers are the caller's
 	if mcpHandler == nil {
-		mcpSrv = upstream.NewMCPServer(s.UpstreamURL, nil)
+		mcpSrv = upstream.NewMCPServer(internal+SearchPath, nil)
 		mcpHandler = mcp.NewStreamableHTTPHandler(func(*http.Request) *mcp.Server { return mcpSrv },
 			&mcp.StreamableHTTPOptions{JSONResponse: cfg.JSONResponse, Logger: logger.With("component", "mcp-sdk"),
 				// Sessions a client abandoned (for example after its grant was
