@@ -85,12 +85,13 @@ func bridgeMain(ctx context.Context, args []string, stdin io.Reader, stdout, std
 		fmt.Fprintf(stderr, "evergrant bridge: %v\n", err)
 		return exitUsage
 	}
-	st, err := g.openStore()
+	st, err := g.openStore(ctx)
 	if err != nil {
 		fmt.Fprintf(stderr, "evergrant bridge: %v\n", err)
 		return exitError
 	}
-	hint := loginHint(serverURL, g.configDir)
+	defer st.Close()
+	hint := loginHint(serverURL, &g)
 	tlog := logger // the Transport names the server itself
 	logger = logger.With("server", serverURL)
 	if gr, err := st.Load(ctx, key); errors.Is(err, store.ErrNotFound) || err == nil && gr.AccessToken == "" && gr.RefreshToken == "" {
@@ -110,7 +111,7 @@ func bridgeMain(ctx context.Context, args []string, stdin io.Reader, stdout, std
 		URL:          serverURL,
 		Transport:    tr,
 		Logger:       logger,
-		LoginCommand: bridgeLoginCommand(serverURL, g.configDir),
+		LoginCommand: bridgeLoginCommand(serverURL, &g),
 	}).Serve(ctx, stdin, stdout)
 	code = exitOK
 	if err != nil && ctx.Err() == nil {
@@ -129,7 +130,7 @@ func bridgeMain(ctx context.Context, args []string, stdin io.Reader, stdout, std
 // bridgeLoginCommand returns the bridge's bridge.Config.LoginCommand: the
 // "evergrant login" command of the sign-in hints of the other commands
 // (reportSessionError), naming the config dir when it is not the default.
-func bridgeLoginCommand(serverURL, configDir string) func(bridge.SignIn) string {
+func bridgeLoginCommand(serverURL string, g *globalFlags) func(bridge.SignIn) string {
 	return func(s bridge.SignIn) string {
 		var flags []string
 		if s.NewClient {
@@ -138,6 +139,6 @@ func bridgeLoginCommand(serverURL, configDir string) func(bridge.SignIn) string 
 		if len(s.Scopes) > 0 {
 			flags = append(flags, "--scope", shellQuote(oauth.FormatScope(s.Scopes)))
 		}
-		return strings.TrimPrefix(loginHint(serverURL, configDir, flags...), "sign in again with: ")
+		return strings.TrimPrefix(loginHint(serverURL, g, flags...), "sign in again with: ")
 	}
 }

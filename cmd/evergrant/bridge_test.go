@@ -343,7 +343,7 @@ func TestBridgeLoginHint(t *testing.T) {
 		{"/tmp/my dir", []string{"--new-client"}, "sign in again with: evergrant login --new-client --config-dir '/tmp/my dir' https://a.example/mcp"},
 		{"", []string{"--scope", shellQuote("a b")}, "sign in again with: evergrant login --scope 'a b' https://a.example/mcp"},
 	} {
-		if got := loginHint("https://a.example/mcp", c.dir, c.flags...); got != c.want {
+		if got := loginHint("https://a.example/mcp", &globalFlags{configDir: c.dir}, c.flags...); got != c.want {
 			t.Errorf("loginHint(%q, %q) = %q, want %q", c.dir, c.flags, got, c.want)
 		}
 	}
@@ -366,7 +366,7 @@ func TestBridgeLoginCommand(t *testing.T) {
 		{"", bridge.SignIn{Scopes: []string{"a", "b"}}, "evergrant login --scope 'a b' " + u},
 		{"/tmp/x", bridge.SignIn{Scopes: []string{"a"}}, "evergrant login --scope a --config-dir /tmp/x " + u},
 	} {
-		if got := bridgeLoginCommand(u, c.dir)(c.in); got != c.want {
+		if got := bridgeLoginCommand(u, &globalFlags{configDir: c.dir})(c.in); got != c.want {
 			t.Errorf("bridgeLoginCommand(%q)(%+v) = %q, want %q", c.dir, c.in, got, c.want)
 		}
 	}

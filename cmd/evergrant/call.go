@@ -54,13 +54,13 @@ Flags:
 	defer cancel()
 	sess, err := connectSession(ctx, serverURL, cfg)
 	if err != nil {
-		return reportSessionError(stderr, "tools", serverURL, g.configDir, err)
+		return reportSessionError(stderr, "tools", serverURL, &g, err)
 	}
 	defer sess.Close()
 	var tools []*mcp.Tool
 	for t, err := range sess.Tools(ctx, nil) {
 		if err != nil {
-			return reportSessionError(stderr, "tools", serverURL, g.configDir, sess.Err(err))
+			return reportSessionError(stderr, "tools", serverURL, &g, sess.Err(err))
 		}
 		tools = append(tools, t)
 	}
@@ -134,7 +134,7 @@ Flags:
 	defer cancel()
 	sess, err := connectSession(ctx, serverURL, cfg)
 	if err != nil {
-		return reportSessionError(stderr, "call", serverURL, g.configDir, err)
+		return reportSessionError(stderr, "call", serverURL, &g, err)
 	}
 	defer sess.Close()
 	// A key=value value that parses as JSON but is meant as a string
@@ -145,7 +145,7 @@ Flags:
 		for t, err := range sess.Tools(ctx, nil) {
 			if err != nil {
 				if err := sess.Err(err); errors.Is(err, client.ErrNeedsReauth) {
-					return reportSessionError(stderr, "call", serverURL, g.configDir, err)
+					return reportSessionError(stderr, "call", serverURL, &g, err)
 				}
 				break // the call itself will tell
 			}
@@ -157,7 +157,7 @@ Flags:
 	}
 	res, err := sess.CallTool(ctx, &mcp.CallToolParams{Name: tool, Arguments: arguments})
 	if err != nil {
-		return reportSessionError(stderr, "call", serverURL, g.configDir, sess.Err(err))
+		return reportSessionError(stderr, "call", serverURL, &g, sess.Err(err))
 	}
 	if *asJSON {
 		if code := writeJSON(stdout, stderr, "call", res); code != exitOK {
@@ -200,7 +200,7 @@ func prepareSession(ctx context.Context, cmd, serverURL string, g *globalFlags, 
 		fmt.Fprintf(stderr, "evergrant %s: %v\n", cmd, err)
 		return ctx, sessionConfig{}, cancel, exitUsage, false
 	}
-	st, err := g.openStore()
+	st, err := g.openStore(ctx)
 	if err != nil {
 		fmt.Fprintf(stderr, "evergrant %s: %v\n", cmd, err)
 		return ctx, sessionConfig{}, cancel, exitError, false
@@ -208,6 +208,8 @@ func prepareSession(ctx context.Context, cmd, serverURL string, g *globalFlags, 
 	if timeout > 0 {
 		ctx, cancel = context.WithTimeout(ctx, timeout)
 	}
+	stop := cancel
+	cancel = func() { stop(); st.Close() }
 	return ctx, sessionConfig{Store: st, Logger: logger}, cancel, exitOK, true
 }
 

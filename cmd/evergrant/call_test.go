@@ -316,7 +316,7 @@ func TestParseArgs_Interspersed(t *testing.T) {
 // The session helper keeps a NeedsReauthError findable through the SDK.
 func TestConnectSession_NoGrant(t *testing.T) {
 	e := newCLIEnv(t, stack.Config{})
-	st, err := (&globalFlags{configDir: e.Dir}).openStore()
+	st, err := (&globalFlags{configDir: e.Dir}).openStore(t.Context())
 	if err != nil {
 		t.Fatal(err)
 	}

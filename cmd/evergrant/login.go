@@ -111,11 +111,12 @@ Flags:
 		fmt.Fprintf(stderr, "evergrant login: %v\n", err)
 		return exitUsage
 	}
-	st, err := g.openStore()
+	st, err := g.openStore(ctx)
 	if err != nil {
 		fmt.Fprintf(stderr, "evergrant login: %v\n", err)
 		return exitError
 	}
+	defer st.Close()
 	auth, err := client.NewLoopbackAuthorizer(*listen)
 	if err != nil {
 		fmt.Fprintf(stderr, "evergrant login: redirect listener: %v\n", err)
@@ -398,11 +399,12 @@ Flags:
 		fmt.Fprintf(stderr, "evergrant logout: %v\n", err)
 		return exitUsage
 	}
-	st, err := g.openStore()
+	st, err := g.openStore(ctx)
 	if err != nil {
 		fmt.Fprintf(stderr, "evergrant logout: %v\n", err)
 		return exitError
 	}
+	defer st.Close()
 	// Hold the grant's lock throughout, so that no other process (a
 	// bridge) refreshes it, and saves new tokens, between the revocation
 	// and the deletion.
@@ -488,11 +490,12 @@ Flags:
 	if _, code, ok := parseArgs(fs, args, 0, 0, stdout, stderr); !ok {
 		return code
 	}
-	st, err := g.openStore()
+	st, err := g.openStore(ctx)
 	if err != nil {
 		fmt.Fprintf(stderr, "evergrant status: %v\n", err)
 		return exitError
 	}
+	defer st.Close()
 	grants, err := st.List(ctx)
 	if err != nil {
 		// List joins one error per bad file and still returns the good
@@ -515,7 +518,7 @@ Flags:
 		return writeJSON(stdout, stderr, "status", infos)
 	}
 	if len(infos) == 0 {
-		fmt.Fprintf(stdout, "No grants in %s. Sign in with: evergrant login URL\n", st.Dir())
+		fmt.Fprintf(stdout, "No grants in %s. Sign in with: evergrant login URL\n", st.where)
 		return exitOK
 	}
 	w := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
@@ -531,7 +534,7 @@ Flags:
 	w.Flush()
 	for _, info := range infos {
 		if info.NeedsLogin {
-			fmt.Fprintf(stderr, "%s: %s\n", info.Server, loginHint(info.Server, g.configDir))
+			fmt.Fprintf(stderr, "%s: %s\n", info.Server, loginHint(info.Server, &g))
 		}
 	}
 	return exitOK

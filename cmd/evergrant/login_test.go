@@ -674,8 +674,31 @@ func TestReportSessionError_Hints(t *testing.T) {
 		{errors.New("boom"), "", exitError, "evergrant call: boom\n"},
 	} {
 		var errs bytes.Buffer
-		if code := reportSessionError(&errs, "call", u, c.configDir, c.err); code != c.code || !strings.Contains(errs.String(), c.want) {
+		if code := reportSessionError(&errs, "call", u, &globalFlags{configDir: c.configDir}, c.err); code != c.code || !strings.Contains(errs.String(), c.want) {
 			t.Errorf("%v (config dir %q): exit %d, stderr %q; want %d, %q", c.err, c.configDir, code, errs.String(), c.code, c.want)
+		}
+	}
+}
+
+// TestHintFlags_Store: a sign-in hint repeats --store, so that following
+// it signs in to the same store, but never with the URL's password; with
+// --store, --config-dir (unused then) is not repeated.
+func TestHintFlags_Store(t *testing.T) {
+	const u = "https://a.example/mcp"
+	for _, c := range []struct {
+		g    globalFlags
+		want string
+	}{
+		{globalFlags{storeURL: "postgres://db.example/grants"}, "evergrant login --store postgres://db.example/grants " + u},
+		{globalFlags{storeURL: "postgres://agent:s3cr%21t@db.example:5432/grants?sslmode=require", configDir: "/tmp/x"},
+			"evergrant login --store 'postgres://agent@db.example:5432/grants?sslmode=require' " + u},
+	} {
+		got := loginHint(u, &c.g)
+		if !strings.HasSuffix(got, c.want) {
+			t.Errorf("loginHint with --store %q = %q, want it to end %q", c.g.storeURL, got, c.want)
+		}
+		if strings.Contains(got, "s3cr") {
+			t.Errorf("the hint %q holds the store's password", got)
 		}
 	}
 }

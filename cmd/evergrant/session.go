@@ -185,22 +185,22 @@ func (s *session) Err(err error) error { return s.Recorder.Err(err) }
 // invalid_client (the authorization server forgot the registration) the
 // hint adds --new-client, and a 403 insufficient_scope is also 3, with a
 // hint that asks for the missing scopes.
-func reportSessionError(stderr io.Writer, cmd, serverURL, configDir string, err error) int {
+func reportSessionError(stderr io.Writer, cmd, serverURL string, g *globalFlags, err error) int {
 	var ne *client.NeedsReauthError
 	var se *client.InsufficientScopeError
 	if errors.As(err, &ne) && ne.ErrorCode == oauth.ErrorInvalidClient {
 		// The authorization server no longer knows the client
 		// registration: a plain login would reuse it and fail.
 		fmt.Fprintf(stderr, "evergrant %s: needs_reauth: %s (%s: the authorization server no longer knows this client)\n%s\n",
-			cmd, ne.Server, ne.Reason, loginHint(serverURL, configDir, "--new-client"))
+			cmd, ne.Server, ne.Reason, loginHint(serverURL, g, "--new-client"))
 		return exitNeedsReauth
 	}
 	if !errors.As(err, &ne) && errors.As(err, &se) {
 		fmt.Fprintf(stderr, "evergrant %s: %v\n%s\n",
-			cmd, se, loginHint(serverURL, configDir, "--scope", shellQuote(oauth.FormatScope(union(se.Granted, se.Required)))))
+			cmd, se, loginHint(serverURL, g, "--scope", shellQuote(oauth.FormatScope(union(se.Granted, se.Required)))))
 		return exitNeedsReauth
 	}
-	return reportError(stderr, cmd, serverURL, configDir, err)
+	return reportError(stderr, cmd, serverURL, g, err)
 }
 
 // union returns a followed by the elements of b not in a.
