@@ -17,7 +17,30 @@ var (
 	ErrRefreshUnavailable = errors.New("refresh unavailable")
 	// ErrInsufficientScope means the server wants scopes the grant lacks.
 	ErrInsufficientScope = errors.New("insufficient_scope")
+	// ErrGrantNotSaved means a refreshed grant could not be saved to the
+	// store: the Transport holds it, but a process that exits now loses
+	// the rotated refresh token. Every *SaveError matches it.
+	ErrGrantNotSaved = errors.New("grant not saved")
 )
+
+// SaveError reports that a grant a refresh obtained could not be saved to
+// the store (docs/design.md#client-rule-2). The Transport keeps using it
+// and saves it again before later requests and in Wait. It matches
+// ErrGrantNotSaved; it never contains token material.
+type SaveError struct {
+	Server string
+	Err    error
+}
+
+func (e *SaveError) Error() string {
+	return fmt.Sprintf("the refreshed grant for %s could not be saved: %v", e.Server, e.Err)
+}
+
+// Is reports whether target is ErrGrantNotSaved.
+func (e *SaveError) Is(target error) bool { return target == ErrGrantNotSaved }
+
+// Unwrap returns the cause.
+func (e *SaveError) Unwrap() error { return e.Err }
 
 // Reason says why a NeedsReauthError was returned.
 type Reason string

@@ -47,7 +47,21 @@ type grantState struct {
 	// disc is the discovery result for the server
 	// (docs/design.md#client-discovery).
 	disc *discovered
+	// unsaved is a grant a refresh obtained that the store failed to
+	// save (docs/design.md#client-rule-2): kept here, used by this
+	// Transport, and saved again before later requests (not before
+	// nextSave) and by Wait. Nil when everything is saved.
+	unsaved  *store.Grant
+	nextSave time.Time
+	// saveDelay is the wait after the last failed save, doubling.
+	saveDelay time.Duration
 }
+
+// Bounds of the wait between two attempts to save an unsaved grant.
+const (
+	minSaveDelay = time.Second
+	maxSaveDelay = time.Minute
+)
 
 // refusal is a refused refresh: why, and the access token the grant held
 // then (its hash; "" when it held none), so that a grant with another
@@ -134,6 +148,38 @@ func (s *grantState) renewed(g *store.Grant) {
 	s.reauthed = false
 	s.refused = nil
 	s.backoff = backoffState{}
+	s.unsaved, s.saveDelay = nil, 0
+}
+
+// saveFailed records that the store failed to save g, a grant the
+// Transport holds and uses: it is tried again after a delay that doubles
+// from minSaveDelay to maxSaveDelay.
+func (s *grantState) saveFailed(g *store.Grant, now time.Time) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.unsaved = g.Clone()
+	s.saveDelay = min(max(2*s.saveDelay, minSaveDelay), maxSaveDelay)
+	s.nextSave = now.Add(s.saveDelay)
+}
+
+// toSave returns the unsaved grant when a save is due (or at any time when
+// force is set), else nil.
+func (s *grantState) toSave(now time.Time, force bool) *store.Grant {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.unsaved == nil || !force && now.Before(s.nextSave) {
+		return nil
+	}
+	return s.unsaved.Clone()
+}
+
+// savedNow records that g, the unsaved grant, is now saved.
+func (s *grantState) savedNow(g *store.Grant) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.unsaved != nil && s.unsaved.AccessToken == g.AccessToken {
+		s.unsaved, s.saveDelay = nil, 0
+	}
 }
 
 // refusedNow records that the authorization server refused the refresh
@@ -158,11 +204,13 @@ func (s *grantState) refusal() *refusal {
 	return s.refused
 }
 
-// lost forgets the cached grant: the store no longer has it.
+// lost forgets the cached grant: the store no longer has it (a sign-out
+// deleted it), so an unsaved grant is not saved back either.
 func (s *grantState) lost() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.cached = nil
+	s.unsaved, s.saveDelay = nil, 0
 }
 
 // rejectedAfterRefresh marks token, which a refresh gave and the server

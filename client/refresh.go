@@ -142,6 +142,17 @@ func (t *Transport) refreshLocked(ctx context.Context, gs *grantState, failed st
 	}
 	defer unlock()
 	g, err := t.store.Load(ctx, key)
+	if u := gs.toSave(t.now(), true); u != nil && err == nil && !g.UpdatedAt.After(u.UpdatedAt) {
+		// The store still holds the grant from before a refresh it failed
+		// to save: its refresh token was consumed. Refresh from the grant
+		// this Transport kept, and try to save it now, under the lock.
+		g, err = u, nil
+		if serr := t.store.Save(ctx, u); serr == nil {
+			gs.savedNow(u)
+		} else {
+			gs.saveFailed(u, t.now())
+		}
+	}
 	if errors.Is(err, store.ErrNotFound) {
 		gs.lost()
 		return nil, t.needsReauth(l, gs, nil, ReasonNoGrant, nil)
@@ -216,17 +227,24 @@ func (t *Transport) refreshLocked(ctx context.Context, gs *grantState, failed st
 	// keeps the old one. The grant is saved before anyone retries.
 	ev.Rotated = resp.RefreshToken != "" && resp.RefreshToken != g.RefreshToken
 	t.apply(g, resp)
-	if err := t.store.Save(sctx, g); err != nil {
-		if err = t.store.Save(sctx, g); err != nil {
-			// The new tokens are good but not saved: use them in this process
-			// and report it (other processes still hold the consumed refresh
-			// token, so their next refresh will fail).
-			t.log.Error("save refreshed grant", "grant_id", ev.GrantID, "error", err)
-			ev.Err = fmt.Errorf("the refreshed grant could not be saved: %w", err)
-		}
+	saveErr := t.store.Save(sctx, g)
+	if saveErr != nil {
+		saveErr = t.store.Save(sctx, g)
 	}
 	// A successful refresh: failures remembered for the grant are over.
 	gs.renewed(g)
+	if saveErr != nil {
+		// The new tokens are good but not saved: keep and use them in this
+		// process, save them again before later requests and in Wait, and
+		// report it (other processes still hold the consumed refresh token,
+		// so their next refresh will fail).
+		gs.saveFailed(g, t.now())
+		t.stats.saveFailures.Add(1)
+		t.log.Error("the refreshed grant could not be saved; it is kept in memory and saved again later",
+			"grant_id", ev.GrantID, "error", saveErr)
+		ev.Err = &SaveError{Server: key, Err: saveErr}
+		t.hook(l, "OnEvent", func() { t.emit(Event{Kind: EventSaveFailed, Server: key, Err: ev.Err}) })
+	}
 	ev.Outcome = OutcomeOK
 	t.refreshed(l, ev)
 	return g, nil

@@ -197,6 +197,10 @@ const (
 	// refresh token, so the user will have to sign in again when the
 	// access token expires.
 	EventNoRefreshToken EventKind = "no_refresh_token"
+	// EventSaveFailed: a refreshed grant could not be saved to the store
+	// (Err is a *SaveError); EventSaved: it was saved later.
+	EventSaveFailed EventKind = "save_failed"
+	EventSaved      EventKind = "saved"
 )
 
 // Event is one step of the Transport's work. It carries no token material.
@@ -228,6 +232,7 @@ type Stats struct {
 	Retries        int64 // requests sent again after a refresh or authorization
 	NeedsReauth    int64 // NeedsReauthErrors returned
 	Authorizations int64 // interactive authorizations completed
+	SaveFailures   int64 // refreshed grants the store failed to save
 }
 
 // Transport is an http.RoundTripper that adds OAuth to requests to MCP
@@ -258,7 +263,7 @@ type Transport struct {
 // counters are the Transport's Stats, counted as they happen.
 type counters struct {
 	requests, unauthorized, refreshes, refreshFailures atomic.Int64
-	retries, needsReauth, authorizations               atomic.Int64
+	retries, needsReauth, authorizations, saveFailures atomic.Int64
 }
 
 // NewTransport returns a Transport for cfg.
@@ -319,6 +324,7 @@ func (t *Transport) Stats() Stats {
 		Retries:        c.retries.Load(),
 		NeedsReauth:    c.needsReauth.Load(),
 		Authorizations: c.authorizations.Load(),
+		SaveFailures:   c.saveFailures.Load(),
 	}
 }
 
@@ -345,13 +351,60 @@ func (t *Transport) callHook(name string, f func()) {
 // Each refresh is bounded by RefreshTimeout. A process that exits soon
 // after its last request should call it: a refresh the authorization
 // server answered must be saved, or a rotated refresh token is lost.
+//
+// Wait then saves, once more, every refreshed grant the store failed to
+// save, and returns an error matching ErrGrantNotSaved (one *SaveError per
+// grant, joined) if any still cannot be saved: the process should then
+// tell its user that the new tokens are lost when it exits.
 func (t *Transport) Wait(ctx context.Context) error {
 	select {
 	case <-t.bg.idle():
-		return nil
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+	t.mu.Lock()
+	states := make([]*grantState, 0, len(t.grants))
+	for _, gs := range t.grants {
+		states = append(states, gs)
+	}
+	t.mu.Unlock()
+	var errs []error
+	for _, gs := range states {
+		if err := t.saveUnsaved(ctx, gs, true); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// saveUnsaved saves gs's grant that a refresh obtained and the store failed
+// to save, when a new attempt is due (or now, with force), under the
+// grant's lock. It returns a *SaveError when the store fails again.
+func (t *Transport) saveUnsaved(ctx context.Context, gs *grantState, force bool) error {
+	g := gs.toSave(t.now(), force)
+	if g == nil {
+		return nil
+	}
+	err := t.withLock(ctx, gs.key, func() error { return t.store.Save(ctx, g) })
+	if err != nil {
+		gs.saveFailed(g, t.now())
+		t.log.Warn("the refreshed grant still cannot be saved", "grant_id", gs.id, "error", err)
+		return &SaveError{Server: gs.key, Err: err}
+	}
+	gs.savedNow(g)
+	t.log.Info("the refreshed grant is saved now", "grant_id", gs.id)
+	t.emit(Event{Kind: EventSaved, Server: gs.key})
+	return nil
+}
+
+// withLock runs f holding the store's lock for key.
+func (t *Transport) withLock(ctx context.Context, key string, f func() error) error {
+	unlock, err := t.store.Lock(ctx, key)
+	if err != nil {
+		return fmt.Errorf("lock grant: %w", err)
+	}
+	defer unlock()
+	return f()
 }
 
 // CloseIdleConnections closes the idle connections of Base when it has
@@ -502,6 +555,9 @@ func (t *Transport) prepare(req *http.Request) (*call, error) {
 		return nil, err
 	}
 	c := &call{req: req, body: b, gs: t.grant(key)}
+	// A refreshed grant the store failed to save is saved again when due;
+	// the request goes on with it either way (it is the cached grant).
+	_ = t.saveUnsaved(ctx, c.gs, false)
 	if err := t.checkRefused(ctx, c.gs); err != nil {
 		closeBody(req)
 		return nil, err

@@ -121,7 +121,11 @@ func bridgeMain(ctx context.Context, args []string, stdin io.Reader, stdout, std
 	// process exits, or a rotated refresh token is lost.
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), sessionWaitTimeout)
 	defer cancel()
-	if err := tr.Wait(wctx); err != nil {
+	switch err := tr.Wait(wctx); {
+	case errors.Is(err, client.ErrGrantNotSaved):
+		logger.Warn("the refreshed tokens could not be written to the grant store; they are lost as the bridge exits",
+			"store", st.where, "error", err)
+	case err != nil:
 		logger.Warn("exiting while a refresh is still running; its result may be lost", "error", err)
 	}
 	return code

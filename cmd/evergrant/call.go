@@ -22,7 +22,7 @@ import (
 // sign in).
 const defaultCallTimeout = 2 * time.Minute
 
-func runTools(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+func runTools(ctx context.Context, args []string, stdout, stderr io.Writer) (code int) {
 	fs := flag.NewFlagSet("tools", flag.ContinueOnError)
 	var g globalFlags
 	g.register(fs)
@@ -56,7 +56,7 @@ Flags:
 	if err != nil {
 		return reportSessionError(stderr, "tools", serverURL, &g, err)
 	}
-	defer sess.Close()
+	defer func() { code = closeSession(sess, stderr, "tools", code) }()
 	var tools []*mcp.Tool
 	for t, err := range sess.Tools(ctx, nil) {
 		if err != nil {
@@ -84,7 +84,7 @@ Flags:
 	return exitOK
 }
 
-func runCall(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+func runCall(ctx context.Context, args []string, stdout, stderr io.Writer) (code int) {
 	fs := flag.NewFlagSet("call", flag.ContinueOnError)
 	var g globalFlags
 	g.register(fs)
@@ -136,7 +136,7 @@ Flags:
 	if err != nil {
 		return reportSessionError(stderr, "call", serverURL, &g, err)
 	}
-	defer sess.Close()
+	defer func() { code = closeSession(sess, stderr, "call", code) }()
 	// A key=value value that parses as JSON but is meant as a string
 	// (query=2024) is sent as the string when the tool's input schema says
 	// the argument is a string. That takes the tool list: one more request,
@@ -210,7 +210,7 @@ func prepareSession(ctx context.Context, cmd, serverURL string, g *globalFlags, 
 	}
 	stop := cancel
 	cancel = func() { stop(); st.Close() }
-	return ctx, sessionConfig{Store: st, Logger: logger}, cancel, exitOK, true
+	return ctx, sessionConfig{Store: st, Logger: logger, Where: st.where}, cancel, exitOK, true
 }
 
 // toolArguments builds a tool call's arguments from --args (a JSON object,

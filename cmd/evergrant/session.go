@@ -101,6 +101,8 @@ type sessionConfig struct {
 	Authorizer client.Authorizer
 	// Logger receives the Transport's records (refreshes, sign-ins).
 	Logger *slog.Logger
+	// Where names the store in messages (never with a password).
+	Where string
 	// Scopes are asked for in addition to the ones the server names, when
 	// Authorizer signs in.
 	Scopes []string
@@ -136,6 +138,7 @@ type session struct {
 	*mcp.ClientSession
 	Transport *client.Transport
 	Recorder  *client.ReauthRecorder
+	where     string // the grant store, for messages
 }
 
 // connectSession connects to the MCP server at serverURL with cfg. Errors,
@@ -154,7 +157,7 @@ func connectSession(ctx context.Context, serverURL string, cfg sessionConfig) (*
 	if err != nil {
 		return nil, rec.Err(err)
 	}
-	return &session{ClientSession: cs, Transport: tr, Recorder: rec}, nil
+	return &session{ClientSession: cs, Transport: tr, Recorder: rec, where: cfg.Where}, nil
 }
 
 // sessionWaitTimeout bounds how long a command waits, when it is done, for
@@ -167,12 +170,34 @@ const sessionWaitTimeout = client.DefaultRefreshTimeout + 15*time.Second
 // Close ends the MCP session, then waits (at most sessionWaitTimeout) for
 // a refresh the Transport runs in the background, so that a refresh token
 // the authorization server rotated is saved before the command exits.
+//
+// When a refreshed grant could not be saved (client.ErrGrantNotSaved),
+// Close returns that error: the new tokens are lost when the process
+// exits.
 func (s *session) Close() error {
 	err := s.ClientSession.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), sessionWaitTimeout)
 	defer cancel()
-	s.Transport.Wait(ctx)
+	if werr := s.Transport.Wait(ctx); errors.Is(werr, client.ErrGrantNotSaved) {
+		return werr
+	}
 	return err
+}
+
+// closeSession closes sess at the end of cmd, whose exit code is code: a
+// refreshed grant that could not be saved turns success into failure,
+// with a message that says so and where the store is.
+func closeSession(sess *session, stderr io.Writer, cmd string, code int) int {
+	err := sess.Close()
+	if !errors.Is(err, client.ErrGrantNotSaved) {
+		return code
+	}
+	fmt.Fprintf(stderr, "evergrant %s: the refreshed tokens could not be written to %s: %v\n"+
+		"evergrant %s: they are lost when this command exits; the next command may need a new sign-in\n", cmd, sess.where, err, cmd)
+	if code == exitOK {
+		return exitError
+	}
+	return code
 }
 
 // Err returns err with the NeedsReauthError the session recorded, if any,
