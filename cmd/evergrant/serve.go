@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
 	"flag"
 	"fmt"
 	"io"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/evergrant/evergrant/authserver"
+	"github.com/evergrant/evergrant/authserver/pgstore"
 	"github.com/evergrant/evergrant/authserver/sqlitestore"
 	"github.com/evergrant/evergrant/internal/stack"
 	"github.com/evergrant/evergrant/oauth"
@@ -33,10 +35,12 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	logLevel := fs.String("log-level", "info", "log level on stderr: debug, info, warn or error")
 	dataDir := fs.String("data-dir", "", "directory of the authorization server's state (clients, grants, tokens, signing keys), kept across restarts; default $EVERGRANT_DATA_DIR, else $XDG_STATE_HOME/evergrant/serve (~/.local/state/evergrant/serve)")
 	memory := fs.Bool("memory", false, "keep the authorization server's state in memory only: a restart forgets every client and sign-in")
+	databaseURL := fs.String("database-url", os.Getenv("EVERGRANT_DATABASE_URL"), "a postgres:// URL: keep the authorization server's state in PostgreSQL, shared by every serve on that database (replicas); needs --secret-key-file or EVERGRANT_SECRET_KEY (env EVERGRANT_DATABASE_URL)")
+	secretKeyFile := fs.String("secret-key-file", "", "file holding the secret key that encrypts the signing keys in the --database-url database: 32 random bytes, raw or in base64 (openssl rand -base64 32); default: env EVERGRANT_SECRET_KEY, in base64")
 	var extra stringList
 	fs.Var(&extra, "resource", "another MCP server URL the authorization server issues tokens for; repeatable")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: evergrant serve [flags]\n\nRuns, on one listener until interrupted, the embedded OAuth authorization\nserver, an example MCP server protected by it (tools whoami and upstream_search),\nand a fake upstream API the tools call with the caller's token.\nPrints one line per endpoint on stdout, starting with \"issuer: <URL>\",\nthen \"data: <file>\" (or \"data: memory\" with --memory), and last\n\"listen: <address>\".\n\nFlags:\n")
+		fmt.Fprintf(fs.Output(), "Usage: evergrant serve [flags]\n\nRuns, on one listener until interrupted, the embedded OAuth authorization\nserver, an example MCP server protected by it (tools whoami and upstream_search),\nand a fake upstream API the tools call with the caller's token.\nPrints one line per endpoint on stdout, starting with \"issuer: <URL>\",\nthen \"data: <file>\" (\"data: memory\" with --memory, \"data: postgres://user@host/db\"\nwith --database-url), and last\n\"listen: <address>\".\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	if code, ok := parseFlags(fs, args, stdout, stderr); !ok {
@@ -64,9 +68,32 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		fmt.Fprintf(stderr, "evergrant serve: --data-dir and --memory exclude each other\n")
 		return exitUsage
 	}
+	if *databaseURL != "" && (*memory || *dataDir != "") {
+		fmt.Fprintf(stderr, "evergrant serve: --database-url excludes --data-dir and --memory\n")
+		return exitUsage
+	}
 	data := "memory"
 	var asStore authserver.Store
-	if !*memory {
+	if *databaseURL != "" {
+		u, err := url.Parse(*databaseURL)
+		if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+			fmt.Fprintf(stderr, "evergrant serve: --database-url: want a postgres:// URL\n")
+			return exitUsage
+		}
+		key, err := loadSecretKey(*secretKeyFile, os.Getenv("EVERGRANT_SECRET_KEY"))
+		if err != nil {
+			fmt.Fprintf(stderr, "evergrant serve: %v\n", err)
+			return exitUsage
+		}
+		db, err := pgstore.Open(ctx, *databaseURL, pgstore.Options{SecretKey: key})
+		if err != nil {
+			fmt.Fprintf(stderr, "evergrant serve: %v\n", err)
+			return exitError
+		}
+		defer db.Close()
+		data = databaseName(u)
+		asStore = db
+	} else if !*memory {
 		dir := *dataDir
 		if dir == "" {
 			var err error
@@ -214,6 +241,44 @@ func internalURL(a net.Addr, listen string) string {
 		}
 	}
 	return "http://" + net.JoinHostPort(host, port)
+}
+
+// loadSecretKey returns the secret key of --database-url: the contents of
+// file if set (32 raw bytes, or their base64), else env, in base64.
+func loadSecretKey(file, env string) ([]byte, error) {
+	const how = "32 random bytes, raw or in base64, such as the output of: openssl rand -base64 32"
+	var text []byte
+	switch {
+	case file != "":
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return nil, fmt.Errorf("--secret-key-file: %w", err)
+		}
+		if len(b) == pgstore.SecretKeySize {
+			return b, nil
+		}
+		text = b
+	case env != "":
+		text = []byte(env)
+	default:
+		return nil, fmt.Errorf("--database-url needs a secret key to encrypt the signing keys in the database: set --secret-key-file FILE or EVERGRANT_SECRET_KEY (%s), the same on every serve that shares the database", how)
+	}
+	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(text)))
+	if err != nil || len(key) != pgstore.SecretKeySize {
+		// Not the text itself: it is a secret, even if malformed.
+		return nil, fmt.Errorf("the secret key is not %s", how)
+	}
+	return key, nil
+}
+
+// databaseName is u as serve prints it: scheme, user, host and database,
+// without the password or the query (which may hold one).
+func databaseName(u *url.URL) string {
+	c := url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path}
+	if u.User != nil {
+		c.User = url.User(u.User.Username())
+	}
+	return c.String()
 }
 
 // defaultDataDir returns the directory of serve's state when --data-dir is
