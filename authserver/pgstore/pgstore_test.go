@@ -380,3 +380,35 @@ func pkcs8(t *testing.T) []byte {
 	}
 	return der
 }
+
+// TestPruneRefreshTokens: pruning keeps a grant's live token and its most
+// recently rotated ones, and leaves other grants alone.
+func TestPruneRefreshTokens(t *testing.T) {
+	ctx := t.Context()
+	s := open(t, pg.NewDatabase(t), secretKey)
+	exp := time.Now().Add(time.Hour)
+	for _, g := range []string{"g", "other"} {
+		if err := s.SaveRefreshToken(ctx, &authserver.RefreshToken{Hash: g + "-0", GrantID: g, ExpiresAt: exp}); err != nil {
+			t.Fatal(err)
+		}
+		at := time.Now()
+		for i := 1; i <= 5; i++ {
+			next := &authserver.RefreshToken{Hash: fmt.Sprintf("%s-%d", g, i), GrantID: g, ExpiresAt: exp}
+			if err := s.RotateRefreshToken(ctx, fmt.Sprintf("%s-%d", g, i-1), at.Add(time.Duration(i)*time.Second), next); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := s.PruneRefreshTokens(ctx, "g", 2); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 6 {
+		_, err := s.RefreshToken(ctx, fmt.Sprintf("g-%d", i))
+		if kept := i >= 3; kept != (err == nil) {
+			t.Errorf("g-%d after pruning to 2: err = %v, want kept = %v", i, err, kept)
+		}
+		if _, err := s.RefreshToken(ctx, fmt.Sprintf("other-%d", i)); err != nil {
+			t.Errorf("other-%d after pruning g: %v", i, err)
+		}
+	}
+}
