@@ -102,7 +102,7 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 		// pgx's parse errors may quote the URL, password and all.
 		return nil, errors.New("pgstore: the PostgreSQL connection string does not parse (its text is left out of this error: it may hold a password)")
 	}
-	where := Describe(cfg.ConnConfig)
+	where := describe(cfg.ConnConfig)
 	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
 	if err != nil {
 		return nil, fmt.Errorf("pgstore: PostgreSQL %s: %w", where, err)
@@ -117,9 +117,9 @@ func Open(ctx context.Context, url string, opts Options) (*Store, error) {
 	return &Store{pool: pool, aead: aead, where: where}, nil
 }
 
-// Describe names the server and database of cfg for messages: "at
+// describe names the server and database of cfg for messages: "at
 // host:port, database "name"", never the password.
-func Describe(cfg *pgx.ConnConfig) string {
+func describe(cfg *pgx.ConnConfig) string {
 	host := cfg.Host
 	if strings.HasPrefix(host, "/") {
 		host = path.Join(host, ".s.PGSQL."+strconv.Itoa(int(cfg.Port)))
