@@ -43,3 +43,17 @@ func OnDocumentFetchWait(s *Server, f func(url string)) {
 	defer s.docs.mu.Unlock()
 	s.docs.onWait = f
 }
+
+// MemoryStoreCounts returns how many records of each kind m holds.
+func MemoryStoreCounts(m *MemoryStore) map[string]int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := 0
+	for _, hs := range m.retired {
+		n += len(hs)
+	}
+	return map[string]int{
+		"clients": len(m.clients), "grants": len(m.grants), "codes": len(m.codes),
+		"refresh_tokens": len(m.refresh), "access_tokens": len(m.access), "retired_index": n,
+	}
+}

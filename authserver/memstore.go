@@ -18,6 +18,9 @@ type MemoryStore struct {
 	refresh map[string]*RefreshToken
 	access  map[string]*AccessToken
 	keys    *SigningKeys
+	// retired holds, per grant, the hashes of its rotated refresh tokens
+	// in the order they were rotated, for PruneRefreshTokens.
+	retired map[string][]string
 }
 
 type memCode struct {
@@ -25,7 +28,10 @@ type memCode struct {
 	used bool
 }
 
-var _ Store = (*MemoryStore)(nil)
+var (
+	_ Store              = (*MemoryStore)(nil)
+	_ RefreshTokenPruner = (*MemoryStore)(nil)
+)
 
 func (m *MemoryStore) init() {
 	if m.clients == nil {
@@ -34,6 +40,7 @@ func (m *MemoryStore) init() {
 		m.codes = map[string]*memCode{}
 		m.refresh = map[string]*RefreshToken{}
 		m.access = map[string]*AccessToken{}
+		m.retired = map[string][]string{}
 	}
 }
 
@@ -199,6 +206,27 @@ func (m *MemoryStore) RotateRefreshToken(_ context.Context, oldHash string, at t
 	old.RotatedAt = at
 	old.Successor = next.Hash
 	m.refresh[next.Hash] = cloneRefresh(next)
+	m.retired[old.GrantID] = append(m.retired[old.GrantID], oldHash)
+	return nil
+}
+
+// PruneRefreshTokens implements RefreshTokenPruner.
+func (m *MemoryStore) PruneRefreshTokens(_ context.Context, grantID string, keep int) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.init()
+	keep = max(keep, 0)
+	hashes := m.retired[grantID]
+	if len(hashes) <= keep {
+		return nil
+	}
+	drop := len(hashes) - keep
+	for _, h := range hashes[:drop] {
+		if t, ok := m.refresh[h]; ok && !t.RotatedAt.IsZero() && t.GrantID == grantID {
+			delete(m.refresh, h)
+		}
+	}
+	m.retired[grantID] = slices.Clone(hashes[drop:])
 	return nil
 }
 
@@ -275,6 +303,14 @@ func (m *MemoryStore) DeleteExpired(_ context.Context, t time.Time) error {
 	for k, r := range m.refresh {
 		if r.ExpiresAt.Before(t) {
 			delete(m.refresh, k)
+		}
+	}
+	for g, hashes := range m.retired {
+		hashes = slices.DeleteFunc(hashes, func(h string) bool { return m.refresh[h] == nil })
+		if len(hashes) == 0 {
+			delete(m.retired, g)
+		} else {
+			m.retired[g] = hashes
 		}
 	}
 	for k, a := range m.access {

@@ -36,6 +36,10 @@ const (
 	DefaultAccessTokenTTL  = time.Hour
 	DefaultRefreshTokenTTL = 30 * 24 * time.Hour
 	DefaultCodeTTL         = time.Minute
+	// DefaultRefreshTokenHistory is how many retired refresh tokens of a
+	// grant a store that can prune them keeps (see
+	// Config.RefreshTokenHistory).
+	DefaultRefreshTokenHistory = 100
 )
 
 // Endpoint paths, relative to the issuer URL.
@@ -91,6 +95,14 @@ type Config struct {
 	// it should refresh one at a time. Zero, the default, means every reuse
 	// revokes the grant.
 	RefreshReuseGrace time.Duration
+
+	// RefreshTokenHistory bounds how many retired (rotated) refresh tokens
+	// of one grant are kept for reuse detection, when the Store implements
+	// RefreshTokenPruner; zero means DefaultRefreshTokenHistory, a
+	// negative value keeps them all until they expire. A reuse of one of
+	// the kept tokens revokes the grant; an older one is unknown, refused
+	// with invalid_grant without revoking (docs/design.md#as-rule-22).
+	RefreshTokenHistory int
 
 	// AutoApprove skips the consent page for requests whose redirect is
 	// trusted: those of pre-registered clients (Clients) and those whose
@@ -238,6 +250,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if s.cfg.CodeTTL <= 0 {
 		s.cfg.CodeTTL = DefaultCodeTTL
+	}
+	if s.cfg.RefreshTokenHistory == 0 {
+		s.cfg.RefreshTokenHistory = DefaultRefreshTokenHistory
 	}
 	if s.cfg.Authenticate == nil {
 		s.cfg.Authenticate = StaticUser("demo-user")
@@ -429,6 +444,28 @@ func (s *Server) RevokeGrants(ctx context.Context, f GrantFilter) (int, error) {
 	return n, nil
 }
 
+// Maintain deletes expired state (codes, tokens, grants past their
+// lifetime, pending consent requests, cached client documents) every
+// interval until ctx is done; zero means every minute. ServeHTTP does
+// the same at most once a minute, on the request it serves; Maintain
+// keeps a server that is idle, or that other replicas serve, from
+// keeping expired records, and keeps the deletions off the requests.
+func (s *Server) Maintain(ctx context.Context, interval time.Duration) {
+	if interval <= 0 {
+		interval = time.Minute
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.gc(ctx)
+		}
+	}
+}
+
 // gc drops expired state at most once a minute.
 func (s *Server) gc(ctx context.Context) {
 	now := s.now()
@@ -442,7 +479,7 @@ func (s *Server) gc(ctx context.Context) {
 	s.mu.Unlock()
 	s.docs.dropExpired(now)
 	// Keep records a little past expiry so a late replay is still recognised.
-	if err := s.store.DeleteExpired(ctx, now.Add(-time.Hour)); err != nil {
+	if err := s.store.DeleteExpired(ctx, now.Add(-time.Hour)); err != nil && ctx.Err() == nil {
 		s.log.Warn("delete expired state", "error", err)
 	}
 }

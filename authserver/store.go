@@ -231,6 +231,18 @@ type RefreshTokenStore interface {
 	RotateRefreshToken(ctx context.Context, oldHash string, at time.Time, next *RefreshToken) error
 }
 
+// RefreshTokenPruner is implemented by a Store that can bound the history
+// of a grant's retired refresh tokens. After each rotation the server
+// calls PruneRefreshTokens with Config.RefreshTokenHistory, so that one
+// grant refreshed often keeps a bounded number of records instead of one
+// per refresh until they expire (docs/design.md#as-rule-22).
+type RefreshTokenPruner interface {
+	// PruneRefreshTokens deletes the rotated refresh tokens of grant
+	// grantID except the keep most recently rotated ones. It never deletes
+	// an unrotated (live) token, nor the tokens of another grant.
+	PruneRefreshTokens(ctx context.Context, grantID string, keep int) error
+}
+
 // AccessTokenStore keeps the records of issued JWT access tokens, by jti,
 // for introspection and revocation. The tokens themselves are not stored.
 type AccessTokenStore interface {

@@ -228,6 +228,19 @@ func (s *Server) grant(ctx context.Context, id string) (*Grant, *oauth.Error) {
 	return g, nil
 }
 
+// pruneRefreshTokens bounds the retired refresh tokens kept for grant id
+// to Config.RefreshTokenHistory, when the Store can. A failure is logged
+// only: the rotation it follows has committed.
+func (s *Server) pruneRefreshTokens(ctx context.Context, id string) {
+	p, ok := s.store.(RefreshTokenPruner)
+	if !ok || s.cfg.RefreshTokenHistory < 0 {
+		return
+	}
+	if err := p.PruneRefreshTokens(ctx, id, s.cfg.RefreshTokenHistory); err != nil {
+		s.log.Warn("prune retired refresh tokens", "grant_id", id, "error", err)
+	}
+}
+
 // reused decides about a refresh token that was already rotated. Inside
 // Config.RefreshReuseGrace it accepts the reuse when the token's successor
 // is still live and was really issued for it (not a retired one); issue then
@@ -386,6 +399,9 @@ func (s *Server) issue(ctx context.Context, client *Client, g *Grant, scopes []s
 		}
 		if e != nil {
 			return nil, e
+		}
+		if rotated {
+			s.pruneRefreshTokens(ctx, g.ID)
 		}
 	}
 

@@ -44,10 +44,10 @@ var schemaFS embed.FS
 
 // migrations are the schema changes, in order: migrations[i] brings a
 // database from version i to version i+1.
-var migrations = []string{"schema/1.sql"}
+var migrations = []string{"schema/1.sql", "schema/2.sql"}
 
 // SchemaVersion is the schema version this package writes and reads.
-const SchemaVersion = 1
+const SchemaVersion = 2
 
 // Store is an authserver.Store on a SQLite file. It is safe for
 // concurrent use; Close it when done.
@@ -56,7 +56,10 @@ type Store struct {
 	path string
 }
 
-var _ authserver.Store = (*Store)(nil)
+var (
+	_ authserver.Store              = (*Store)(nil)
+	_ authserver.RefreshTokenPruner = (*Store)(nil)
+)
 
 // Open opens the evergrant database at path, creating it (and its
 // directory, 0700) if it does not exist, and brings its schema up to
@@ -415,6 +418,15 @@ func (s *Store) RotateRefreshToken(ctx context.Context, oldHash string, at time.
 		return wrap("rotate refresh token", err)
 	}
 	return wrap("rotate refresh token", tx.Commit())
+}
+
+// PruneRefreshTokens implements authserver.RefreshTokenPruner.
+func (s *Store) PruneRefreshTokens(ctx context.Context, grantID string, keep int) error {
+	_, err := s.db.ExecContext(ctx, `DELETE FROM refresh_tokens
+		WHERE grant_id = ?1 AND rotated_at <> ?2 AND hash NOT IN (
+			SELECT hash FROM refresh_tokens WHERE grant_id = ?1 AND rotated_at <> ?2
+			ORDER BY rotated_at DESC LIMIT ?3)`, grantID, int64(zeroTime), max(keep, 0))
+	return wrap("prune refresh tokens", err)
 }
 
 // SaveAccessToken implements authserver.Store.

@@ -165,6 +165,12 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
+	// Expired codes, tokens and grants are deleted every minute, whether
+	// requests come or not, until shutdown.
+	mctx, stopMaintain := context.WithCancel(context.Background())
+	maintained := make(chan struct{})
+	go func() { st.AS.Maintain(mctx, time.Minute); close(maintained) }()
+	defer func() { stopMaintain(); <-maintained }()
 	logger.Info("serving", "issuer", base, "listen", ln.Addr().String(), "data", data, "mcp", st.MCPURL, "auto_approve", *autoApprove)
 	select {
 	case err := <-errc:
